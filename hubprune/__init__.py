@@ -1,0 +1,26 @@
+"""hubprune: structured pruning of Hugging Face causal LMs into loadable, publishable models.
+
+Library API (the CLI is a thin layer over it):
+
+    import hubprune
+    result = hubprune.prune("default", "manual", options={"plan": "plan.yaml"}, output="out", ppl=["default"])
+    hubprune.evaluate("out", ppl=["default"])
+    hubprune.load_model("meta-llama/Llama-2-7b-hf", device="cuda", dtype="bfloat16")
+"""
+__version__ = "0.1.0"
+
+# Public names, imported on first use so that `hubprune --help` and `hubprune methods` start fast.
+_EXPORTS = {
+    "HubPruneError": "errors", "model_info": "info", "load_model": "loading", "METHODS": "methods",
+    "get_method": "methods", "PruneJob": "pipeline", "PruneResult": "pipeline", "evaluate": "pipeline",
+    "prune": "pipeline", "PrunePlan": "plan", "apply_plan": "surgery",
+}
+__all__ = ["__version__", *_EXPORTS]
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        import importlib
+
+        return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    raise AttributeError(f"module 'hubprune' has no attribute {name!r}")

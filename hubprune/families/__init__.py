@@ -1,0 +1,22 @@
+"""Family adapters, keyed by the source `config.model_type` (also by the pruned `hubprune_<type>`)."""
+from __future__ import annotations
+
+from ..errors import UnsupportedArchitectureError
+from .base import Family
+from .llama import LlamaFamily
+from .mistral import MistralFamily
+from .qwen2 import Qwen2Family
+
+FAMILIES: dict[str, Family] = {f.model_type: f for f in (LlamaFamily(), MistralFamily(), Qwen2Family())}
+
+
+def get_family(model_type: str) -> Family:
+    family = FAMILIES.get(model_type.removeprefix("hubprune_"))
+    if family is None:
+        raise UnsupportedArchitectureError(
+            f"model type '{model_type}' is not supported; hubprune supports: {', '.join(sorted(FAMILIES))}"
+        )
+    return family
+
+
+__all__ = ["FAMILIES", "Family", "get_family"]

@@ -1,0 +1,18 @@
+"""The pruned architecture. `configuration_hubprune.py` and `modeling_hubprune.py` are copied verbatim
+into every exported model folder (remote code); they import nothing from hubprune."""
+from pathlib import Path
+
+from .configuration_hubprune import HubPruneLlamaConfig, HubPruneMistralConfig, HubPruneQwen2Config
+from .modeling_hubprune import HubPruneLlamaForCausalLM, HubPruneMistralForCausalLM, HubPruneQwen2ForCausalLM
+
+REMOTE_CODE_FILES = tuple(Path(__file__).parent / name for name in ("configuration_hubprune.py", "modeling_hubprune.py"))
+
+__all__ = [
+    "REMOTE_CODE_FILES",
+    "HubPruneLlamaConfig",
+    "HubPruneMistralConfig",
+    "HubPruneQwen2Config",
+    "HubPruneLlamaForCausalLM",
+    "HubPruneMistralForCausalLM",
+    "HubPruneQwen2ForCausalLM",
+]

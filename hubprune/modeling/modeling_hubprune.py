@@ -1,0 +1,226 @@
+# A structurally pruned causal LM written by hubprune.
+#
+# This file is copied into every exported model folder and is loaded with `trust_remote_code=True`.
+# It depends only on torch and transformers (>= 5.24, < 6). It reuses the source family's own
+# attention, MLP, RMSNorm and rotary modules from transformers, so attention runs through the same
+# kernels (SDPA / flash / flex) as the stock model. What differs from the stock model:
+#   1. each decoder block reads its own structure from `config.block_configs[i]`:
+#      - `attention.no_op`: no input norm and no attention; the block adds nothing to the residual
+#        there, and the KV cache holds a dummy entry for it (see configuration_hubprune.py);
+#      - `ffn.no_op`: no post-attention norm and no MLP;
+#      - `ffn.intermediate_size`: this block's own FFN width;
+#   2. removed whole blocks are simply absent (layers renumbered).
+import copy
+import importlib
+from collections.abc import Callable
+
+import torch
+from torch import nn
+from transformers.cache_utils import Cache, DynamicCache
+from transformers.generation import GenerationMixin
+from transformers.masking_utils import create_causal_mask, create_sliding_window_causal_mask
+from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
+from transformers.modeling_utils import PreTrainedModel, slice_logits_to_keep
+from transformers.utils.deprecation import deprecate_kwarg
+
+from .configuration_hubprune import HubPruneLlamaConfig, HubPruneMistralConfig, HubPruneQwen2Config
+
+_STOCK = {"llama": "Llama", "mistral": "Mistral", "qwen2": "Qwen2"}
+
+
+def _stock(family: str, name: str):
+    """The stock transformers class `<Family><name>` (e.g. LlamaAttention)."""
+    module = importlib.import_module(f"transformers.models.{family}.modeling_{family}")
+    return getattr(module, _STOCK[family] + name)
+
+
+def _family(config) -> str:
+    return config.model_type.removeprefix("hubprune_")
+
+
+class HubPruneDecoderLayer(GradientCheckpointingLayer):
+    def __init__(self, config, layer_idx: int):
+        super().__init__()
+        family = _family(config)
+        block = config.block_configs[layer_idx]
+        rms_norm = _stock(family, "RMSNorm")
+        self.hidden_size = config.hidden_size
+        self.self_attn = self.input_layernorm = None
+        self.mlp = self.post_attention_layernorm = None
+        if not block["attention"]["no_op"]:
+            self.input_layernorm = rms_norm(config.hidden_size, eps=config.rms_norm_eps)
+            self.self_attn = _stock(family, "Attention")(config=config, layer_idx=layer_idx)
+        if not block["ffn"]["no_op"]:
+            # The stock MLP reads its width from the config: give it a copy with this block's width.
+            mlp_config = copy.copy(config)
+            mlp_config.intermediate_size = block["ffn"]["intermediate_size"]
+            self.post_attention_layernorm = rms_norm(config.hidden_size, eps=config.rms_norm_eps)
+            self.mlp = _stock(family, "MLP")(mlp_config)
+
+    @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        cache: Cache | None = None,
+        use_cache: bool | None = False,
+        position_embeddings: tuple[torch.Tensor, torch.Tensor] | None = None,
+        **kwargs,
+    ) -> torch.Tensor:
+        if self.self_attn is not None:
+            residual = hidden_states
+            hidden_states = self.input_layernorm(hidden_states)
+            hidden_states, _ = self.self_attn(
+                hidden_states=hidden_states,
+                attention_mask=attention_mask,
+                position_ids=position_ids,
+                cache=cache,
+                use_cache=use_cache,
+                position_embeddings=position_embeddings,
+                **kwargs,
+            )
+            hidden_states = residual + hidden_states
+        if self.mlp is not None:
+            residual = hidden_states
+            hidden_states = self.post_attention_layernorm(hidden_states)
+            hidden_states = residual + self.mlp(hidden_states)
+        return hidden_states
+
+
+class HubPrunePreTrainedModel(PreTrainedModel):
+    base_model_prefix = "model"
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["HubPruneDecoderLayer"]
+    # Same attention backends as the stock model; without these flags transformers would silently
+    # fall back to eager attention (slower, and unfair in dense-vs-pruned speed comparisons).
+    _supports_flash_attn = True
+    _supports_sdpa = True
+    _supports_flex_attn = True
+    _supports_attention_backend = True
+    _can_compile_fullgraph = True
+
+
+class HubPruneModel(HubPrunePreTrainedModel):
+    def __init__(self, config):
+        super().__init__(config)
+        family = _family(config)
+        self.padding_idx = config.pad_token_id
+        self.vocab_size = config.vocab_size
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size, self.padding_idx)
+        self.layers = nn.ModuleList(
+            [HubPruneDecoderLayer(config, layer_idx) for layer_idx in range(config.num_hidden_layers)]
+        )
+        self.norm = _stock(family, "RMSNorm")(config.hidden_size, eps=config.rms_norm_eps)
+        self.rotary_emb = _stock(family, "RotaryEmbedding")(config=config)
+        self.gradient_checkpointing = False
+        self.post_init()
+
+    @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        cache: Cache | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        use_cache: bool | None = None,
+        **kwargs,
+    ) -> BaseModelOutputWithPast:
+        if (input_ids is None) ^ (inputs_embeds is not None):
+            raise ValueError("You must specify exactly one of input_ids or inputs_embeds")
+        use_cache = use_cache if use_cache is not None else self.config.use_cache
+        if inputs_embeds is None:
+            inputs_embeds = self.embed_tokens(input_ids)
+        if use_cache and cache is None:
+            cache = DynamicCache(config=self.config)  # attention-free layers get DummyLayer entries
+        if position_ids is None:
+            past_seen_tokens = cache.get_seq_length() if cache is not None else 0
+            position_ids = torch.arange(inputs_embeds.shape[1], device=inputs_embeds.device) + past_seen_tokens
+            position_ids = position_ids.unsqueeze(0)
+
+        mask_kwargs = {
+            "config": self.config,
+            "inputs_embeds": inputs_embeds,
+            "attention_mask": attention_mask,
+            "cache": cache,
+            "position_ids": position_ids,
+        }
+        layer_types = self.config.layer_types
+        masks = {}
+        if "full_attention" in layer_types:
+            masks["full_attention"] = create_causal_mask(**mask_kwargs)
+        if "sliding_attention" in layer_types:
+            masks["sliding_attention"] = create_sliding_window_causal_mask(**mask_kwargs)
+
+        hidden_states = inputs_embeds
+        position_embeddings = self.rotary_emb(hidden_states, position_ids=position_ids)
+        for layer_idx, decoder_layer in enumerate(self.layers):
+            hidden_states = decoder_layer(
+                hidden_states,
+                attention_mask=masks.get(layer_types[layer_idx]),
+                position_embeddings=position_embeddings,
+                position_ids=position_ids,
+                cache=cache,
+                use_cache=use_cache,
+                **kwargs,
+            )
+        hidden_states = self.norm(hidden_states)
+        return BaseModelOutputWithPast(last_hidden_state=hidden_states, cache=cache)
+
+
+class HubPruneForCausalLM(HubPrunePreTrainedModel, GenerationMixin):
+    _tied_weights_keys = {"lm_head.weight": "model.embed_tokens.weight"}
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.model = HubPruneModel(config)
+        self.vocab_size = config.vocab_size
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.post_init()
+
+    @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        cache: Cache | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        labels: torch.LongTensor | None = None,
+        use_cache: bool | None = None,
+        logits_to_keep: int | torch.Tensor = 0,
+        **kwargs,
+    ) -> CausalLMOutputWithPast:
+        outputs = self.model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            cache=cache,
+            inputs_embeds=inputs_embeds,
+            use_cache=use_cache,
+            **kwargs,
+        )
+        hidden_states = slice_logits_to_keep(outputs.last_hidden_state, logits_to_keep)
+        logits = self.lm_head(hidden_states)
+        loss = None
+        if labels is not None:
+            loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs)
+        return CausalLMOutputWithPast(loss=loss, logits=logits, cache=outputs.cache)
+
+
+# One class per family so that `auto_map` can name the right config class for each.
+class HubPruneLlamaForCausalLM(HubPruneForCausalLM):
+    config_class = HubPruneLlamaConfig
+
+
+class HubPruneMistralForCausalLM(HubPruneForCausalLM):
+    config_class = HubPruneMistralConfig
+
+
+class HubPruneQwen2ForCausalLM(HubPruneForCausalLM):
+    config_class = HubPruneQwen2Config
+
+
+__all__ = ["HubPruneLlamaForCausalLM", "HubPruneMistralForCausalLM", "HubPruneQwen2ForCausalLM"]

@@ -1,0 +1,119 @@
+"""The pruning plan: what to remove from a model, as pure data.
+
+Every method turns (model, calibration data, options) into a plan; `surgery.apply_plan` applies it.
+Layer indices refer to the *source* model. The file format (JSON or YAML) is
+
+    {"keep_ffn_neurons": {"<layer>": [indices]},   # FFN neurons kept in that layer, others removed
+     "skip_attention": [layers],                   # attention sub-module removed (residual pass-through)
+     "skip_mlp": [layers],                         # MLP sub-module removed
+     "drop_blocks": [layers]}                      # whole decoder block removed
+
+Omitted keys remove nothing. A block whose attention and MLP are both skipped is an identity and is
+dropped. Every output folder holds the plan that made it as `hubprune_plan.json`.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from .errors import PlanError
+
+PLAN_FILENAME = "hubprune_plan.json"
+PLAN_KEYS = ("keep_ffn_neurons", "skip_attention", "skip_mlp", "drop_blocks")
+
+
+@dataclass
+class PrunePlan:
+    keep_ffn_neurons: dict[int, list[int]] = field(default_factory=dict)
+    skip_attention: list[int] = field(default_factory=list)
+    skip_mlp: list[int] = field(default_factory=list)
+    drop_blocks: list[int] = field(default_factory=list)
+
+    # -- (de)serialisation ------------------------------------------------------------------
+    @classmethod
+    def from_dict(cls, data: dict) -> PrunePlan:
+        if not isinstance(data, dict):
+            raise PlanError(f"a plan must be a mapping with keys {', '.join(PLAN_KEYS)}; got {type(data).__name__}")
+        unknown = sorted(set(data) - set(PLAN_KEYS))
+        if unknown:
+            raise PlanError(f"unknown plan key(s) {unknown}; allowed: {', '.join(PLAN_KEYS)}")
+        keep = data.get("keep_ffn_neurons") or {}
+        if not isinstance(keep, dict):
+            raise PlanError('keep_ffn_neurons must map a layer index to a list of neuron indices, e.g. {"0": [0, 5]}')
+        try:
+            keep_ffn = {int(layer): [int(i) for i in idx] for layer, idx in keep.items()}
+            lists = {k: [int(i) for i in (data.get(k) or [])] for k in PLAN_KEYS[1:]}
+        except (TypeError, ValueError) as exc:
+            raise PlanError(f"plan indices must be integers ({exc})") from None
+        return cls(keep_ffn_neurons=keep_ffn, **lists)
+
+    @classmethod
+    def load(cls, path: str | Path) -> PrunePlan:
+        path = Path(path)
+        if not path.is_file():
+            raise PlanError(f"plan file {path} does not exist")
+        text = path.read_text()
+        try:
+            data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+        except (json.JSONDecodeError, yaml.YAMLError) as exc:
+            raise PlanError(f"cannot parse plan file {path}: {str(exc).splitlines()[0]}") from None
+        return cls.from_dict(data)
+
+    def to_dict(self) -> dict:
+        return {
+            "keep_ffn_neurons": {str(k): list(v) for k, v in sorted(self.keep_ffn_neurons.items())},
+            "skip_attention": sorted(self.skip_attention),
+            "skip_mlp": sorted(self.skip_mlp),
+            "drop_blocks": sorted(self.drop_blocks),
+        }
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(self.to_dict(), indent=1) + "\n")
+
+    # -- checks and normal form -------------------------------------------------------------
+    def validate(self, num_layers: int, ffn_width: int) -> None:
+        """Raise PlanError naming the first problem: indices out of range, duplicates, contradictions."""
+
+        def check_layers(name: str, layers) -> None:
+            bad = [l for l in layers if not 0 <= l < num_layers]
+            if bad:
+                raise PlanError(f"{name}: layer {bad[0]} out of range; the model has layers 0..{num_layers - 1}")
+            dup = sorted({l for l in layers if list(layers).count(l) > 1})
+            if dup:
+                raise PlanError(f"{name}: layer {dup[0]} listed twice")
+
+        for key in PLAN_KEYS[1:]:
+            check_layers(key, getattr(self, key))
+        check_layers("keep_ffn_neurons", list(self.keep_ffn_neurons))
+        for layer, idx in self.keep_ffn_neurons.items():
+            if not idx:
+                raise PlanError(f"keep_ffn_neurons[{layer}] is empty; to remove the whole MLP use skip_mlp: [{layer}]")
+            bad = [i for i in idx if not 0 <= i < ffn_width]
+            if bad:
+                raise PlanError(f"keep_ffn_neurons[{layer}]: neuron {bad[0]} out of range 0..{ffn_width - 1}")
+            if len(set(idx)) != len(idx):
+                raise PlanError(f"keep_ffn_neurons[{layer}] lists a neuron twice")
+            if layer in self.skip_mlp or layer in self.drop_blocks:
+                raise PlanError(f"layer {layer} both keeps FFN neurons and removes its MLP; choose one")
+        if not self.kept_layers(num_layers):
+            raise PlanError("the plan removes every decoder block; keep at least one")
+
+    def normalized(self, num_layers: int) -> PrunePlan:
+        """Same pruned model, canonical form: sorted, identity blocks dropped, no redundant entries."""
+        drop = set(self.drop_blocks) | (set(self.skip_attention) & set(self.skip_mlp))
+        return PrunePlan(
+            keep_ffn_neurons={l: sorted(v) for l, v in sorted(self.keep_ffn_neurons.items()) if l not in drop},
+            skip_attention=sorted(set(self.skip_attention) - drop),
+            skip_mlp=sorted(set(self.skip_mlp) - drop),
+            drop_blocks=sorted(drop),
+        )
+
+    def kept_layers(self, num_layers: int) -> list[int]:
+        drop = set(self.drop_blocks) | (set(self.skip_attention) & set(self.skip_mlp))
+        return [l for l in range(num_layers) if l not in drop]
+
+    def is_empty(self) -> bool:
+        return not any(getattr(self, k) for k in PLAN_KEYS)

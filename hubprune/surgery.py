@@ -1,0 +1,131 @@
+"""Apply a `PrunePlan` to a loaded model: slice its weights and build the pruned model in memory.
+
+The result is exactly what gets exported: a stock transformers model when the plan needs no custom
+code (only whole blocks removed, or one FFN width everywhere and nothing skipped), otherwise the
+hubprune remote-code architecture (`hubprune.modeling`). Weights keep the source dtype and device.
+"""
+from __future__ import annotations
+
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM, PretrainedConfig, PreTrainedModel
+
+from . import modeling
+from .families import Family, get_family
+from .plan import PrunePlan
+
+# Config keys that describe a checkpoint rather than the architecture.
+_DROP_CONFIG_KEYS = ("transformers_version", "architectures", "model_type", "auto_map", "_name_or_path",
+                     "quantization_config", "block_configs", "hubprune")
+
+
+def decoder_parameters(model: PreTrainedModel) -> int:
+    """Parameters of the decoder blocks (embeddings, lm_head and final norm excluded)."""
+    return sum(p.numel() for p in model.model.layers.parameters())
+
+
+def total_parameters(model: PreTrainedModel) -> int:
+    """Unique parameters (tied embeddings counted once)."""
+    return sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
+
+
+def needs_custom_code(plan: PrunePlan, num_layers: int) -> bool:
+    plan = plan.normalized(num_layers)
+    if plan.skip_attention or plan.skip_mlp:
+        return True
+    widths = {len(plan.keep_ffn_neurons.get(l, ())) or None for l in plan.kept_layers(num_layers)}
+    return len(widths) > 1  # a mix of pruned and unpruned layers, or different widths
+
+
+def pruned_config(source: PretrainedConfig, plan: PrunePlan, family: Family, record: dict | None = None):
+    """The config of the pruned model (stock class when possible, else the hubprune class)."""
+    plan = plan.normalized(source.num_hidden_layers)
+    kept = plan.kept_layers(source.num_hidden_layers)
+    width = family.ffn_width(source)
+    data = {k: v for k, v in source.to_dict().items() if k not in _DROP_CONFIG_KEYS}
+    data["num_hidden_layers"] = len(kept)
+    family.remap_layer_fields(data, source, kept)
+
+    if not needs_custom_code(plan, source.num_hidden_layers):
+        widths = {len(plan.keep_ffn_neurons[l]) for l in kept if l in plan.keep_ffn_neurons}
+        data["intermediate_size"] = widths.pop() if widths else width
+        config = AutoConfig.for_model(family.model_type, **data)
+    else:
+        source_types = family.source_layer_types(source)
+        data["layer_types"] = [source_types[l] for l in kept]
+        data["block_configs"] = [
+            {
+                "attention": {"no_op": l in plan.skip_attention, "num_key_value_heads": source.num_key_value_heads},
+                "ffn": {
+                    "no_op": l in plan.skip_mlp,
+                    "intermediate_size": 0 if l in plan.skip_mlp else len(plan.keep_ffn_neurons.get(l, range(width))),
+                },
+            }
+            for l in kept
+        ]
+        data["auto_map"] = {
+            "AutoConfig": f"configuration_hubprune.{family.pruned_config_class}",
+            "AutoModelForCausalLM": f"modeling_hubprune.{family.pruned_model_class}",
+        }
+        data["architectures"] = [family.pruned_model_class]
+        config = getattr(modeling, family.pruned_config_class)(**data)
+    if record is not None:
+        config.hubprune = record
+    return config
+
+
+def pruned_state_dict(model: PreTrainedModel, plan: PrunePlan, family: Family) -> dict[str, torch.Tensor]:
+    """Source weights with the plan applied and layers renumbered. Kept tensors are shared, not copied."""
+    num_layers = model.config.num_hidden_layers
+    plan = plan.normalized(num_layers)
+    state = model.state_dict()
+    by_layer: dict[int, dict[str, torch.Tensor]] = {}
+    out: dict[str, torch.Tensor] = {}
+    for name, tensor in state.items():
+        if name.startswith(family.layers_prefix):
+            index, local = name[len(family.layers_prefix):].split(".", 1)
+            by_layer.setdefault(int(index), {})[local] = tensor
+        else:
+            out[name] = tensor
+    for new_index, layer in enumerate(plan.kept_layers(num_layers)):
+        tensors = by_layer[layer]
+        if layer in plan.skip_attention:
+            tensors = {k: v for k, v in tensors.items() if not family.is_attention_param(k)}
+        if layer in plan.skip_mlp:
+            tensors = {k: v for k, v in tensors.items() if not family.is_mlp_param(k)}
+        elif layer in plan.keep_ffn_neurons:
+            keep = torch.tensor(plan.keep_ffn_neurons[layer], dtype=torch.long)
+            tensors = family.slice_ffn(tensors, keep)
+        for local, tensor in tensors.items():
+            out[f"{family.layers_prefix}{new_index}.{local}"] = tensor
+    return out
+
+
+def build_model(config: PretrainedConfig, state_dict: dict[str, torch.Tensor], *, dtype: torch.dtype,
+                device: torch.device | str, attn_implementation: str | None = None) -> PreTrainedModel:
+    """Instantiate `config`'s model without allocating random weights, then take `state_dict`'s tensors."""
+    if getattr(config, "auto_map", None):
+        cls = getattr(modeling, config.architectures[0])
+    else:
+        cls = AutoModelForCausalLM._model_mapping[type(config)]
+    with torch.device("meta"):
+        model = cls._from_config(config, dtype=dtype, attn_implementation=attn_implementation)
+    model.load_state_dict(state_dict, strict=not config.tie_word_embeddings, assign=True)
+    if config.tie_word_embeddings:
+        model.lm_head.weight = model.model.embed_tokens.weight
+    # Non-persistent buffers (rotary frequencies) are still on meta: rebuild the rotary module.
+    with torch.device(device):
+        model.model.rotary_emb = type(model.model.rotary_emb)(config=config)
+    leftovers = [n for n, t in list(model.named_parameters()) + list(model.named_buffers()) if t.is_meta]
+    if leftovers:
+        raise RuntimeError(f"pruned model has uninitialised tensors: {leftovers[:5]}")
+    return model.to(device).eval()
+
+
+def apply_plan(model: PreTrainedModel, plan: PrunePlan, record: dict | None = None) -> PreTrainedModel:
+    """The pruned model, on the source model's device and in its dtype."""
+    family = get_family(model.config.model_type)
+    plan.validate(model.config.num_hidden_layers, family.ffn_width(model.config))
+    config = pruned_config(model.config, plan, family, record)
+    state = pruned_state_dict(model, plan, family)
+    return build_model(config, state, dtype=model.dtype, device=model.device,
+                       attn_implementation=model.config._attn_implementation)

@@ -1,0 +1,64 @@
+"""Shared fixtures: tiny random models of every supported family (built here, no download) and the
+embedded real model (SmolLM2-135M, converted once into the hubprune cache)."""
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, MistralConfig, Qwen2Config
+
+# Small but structurally faithful: GQA everywhere, Qwen2 q/k/v biases and mixed sliding/full layers,
+# Mistral sliding window, tied and untied embeddings.
+TINY_CONFIGS = {
+    "llama": lambda: LlamaConfig(vocab_size=128, hidden_size=64, intermediate_size=96, num_hidden_layers=5,
+                                 num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True,
+                                 pad_token_id=0, bos_token_id=1, eos_token_id=2),
+    "mistral": lambda: MistralConfig(vocab_size=128, hidden_size=64, intermediate_size=96, num_hidden_layers=5,
+                                     num_attention_heads=4, num_key_value_heads=2, sliding_window=6,
+                                     pad_token_id=0, bos_token_id=1, eos_token_id=2),
+    "qwen2": lambda: Qwen2Config(vocab_size=128, hidden_size=64, intermediate_size=96, num_hidden_layers=5,
+                                 num_attention_heads=4, num_key_value_heads=2, use_sliding_window=True,
+                                 sliding_window=6, max_window_layers=2, tie_word_embeddings=False,
+                                 pad_token_id=0, bos_token_id=1, eos_token_id=2),
+}
+FAMILIES = sorted(TINY_CONFIGS)
+
+
+def tiny_model(family: str, seed: int = 0):
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(TINY_CONFIGS[family](), attn_implementation="sdpa").eval()
+    with torch.no_grad():  # biases are zero-initialised: make them matter
+        for name, param in model.named_parameters():
+            if name.endswith("bias"):
+                param.normal_(0, 0.5)
+    return model
+
+
+@pytest.fixture(params=FAMILIES)
+def family_model(request):
+    return tiny_model(request.param)
+
+
+@pytest.fixture(scope="session")
+def embedded_model():
+    """The embedded SmolLM2-135M-Instruct, fp32, CPU (loaded once per test session)."""
+    from hubprune.loading import load_model
+
+    return load_model("default", device="cpu", dtype="float32")
+
+
+@pytest.fixture(scope="session")
+def embedded_tokenizer(embedded_model):
+    return embedded_model.tokenizer
+
+
+def left_padded_batch(vocab: int, pad_id: int, seed: int = 1):
+    """Two prompts of different lengths, left-padded (the case that exposes KV-cache position bugs)."""
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(3, vocab, (2, 9), generator=g)
+    mask = torch.ones_like(ids)
+    ids[1, :4] = pad_id
+    mask[1, :4] = 0
+    return ids, mask
+
+
+__all__ = ["FAMILIES", "TINY_CONFIGS", "AutoTokenizer", "left_padded_batch", "tiny_model"]
