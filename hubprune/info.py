@@ -1,0 +1,63 @@
+"""`hubprune info`: a model's architecture, and for a pruned model its per-layer structure and
+parameter counts dense vs pruned. Reads the config only; no weights are loaded."""
+from __future__ import annotations
+
+from .families import get_family
+from .loading import load_config, parameter_count, resolve_model
+
+
+def model_info(reference: str, *, revision: str | None = None, token: str | None = None) -> dict:
+    source = resolve_model(reference, revision=revision, token=token)
+    config = load_config(source)
+    family = get_family(config.model_type)
+    info = {
+        "model": reference,
+        "model_type": config.model_type,
+        "family": family.model_type,
+        "layers": config.num_hidden_layers,
+        "hidden_size": config.hidden_size,
+        "intermediate_size": config.intermediate_size,
+        "attention_heads": config.num_attention_heads,
+        "kv_heads": config.num_key_value_heads,
+        "vocab_size": config.vocab_size,
+        "tied_embeddings": bool(config.tie_word_embeddings),
+        "parameters": parameter_count(config),
+    }
+    record = getattr(config, "hubprune", None)
+    if record:
+        info["hubprune"] = record
+    blocks = getattr(config, "block_configs", None)
+    if blocks:
+        info["blocks"] = [
+            {"layer": i, "attention": not b["attention"]["no_op"],
+             "ffn_width": 0 if b["ffn"]["no_op"] else b["ffn"]["intermediate_size"]}
+            for i, b in enumerate(blocks)
+        ]
+    return info
+
+
+def format_info(info: dict) -> str:
+    lines = [
+        f"model          {info['model']}",
+        f"family         {info['family']} (model_type {info['model_type']})",
+        f"layers         {info['layers']}   hidden {info['hidden_size']}   FFN {info['intermediate_size']}   "
+        f"heads {info['attention_heads']} / {info['kv_heads']} KV   vocab {info['vocab_size']}",
+        f"parameters     {info['parameters']:,}" + ("  (embeddings tied)" if info["tied_embeddings"] else ""),
+    ]
+    record = info.get("hubprune")
+    if record:
+        dense = record.get("parameters_dense")
+        if dense:
+            lines.append(f"dense          {dense:,} parameters; pruned keeps {info['parameters'] / dense:.1%}")
+        lines.append(f"pruned by      hubprune {record.get('hubprune_version')} --method {record.get('method')} "
+                     f"from {record.get('source')}")
+        if record.get("sparsity_achieved") is not None:
+            requested = record.get("sparsity_requested")
+            lines.append(f"sparsity       achieved {record['sparsity_achieved']:.2%}"
+                         + (f" (requested {requested:.2%})" if requested is not None else "")
+                         + " of decoder-layer parameters")
+    if "blocks" in info:
+        lines.append("layer  attention  ffn_width")
+        lines += [f"{b['layer']:>5}  {'yes' if b['attention'] else 'skipped':>9}  "
+                  f"{b['ffn_width'] if b['ffn_width'] else 'skipped':>9}" for b in info["blocks"]]
+    return "\n".join(lines)

@@ -1,0 +1,6 @@
+"""Pruning methods, one module each, registered by name."""
+from . import manual  # noqa: F401 - registers the method
+from .base import PruneContext, PruningMethod
+from .registry import METHODS, get_method, register
+
+__all__ = ["METHODS", "PruneContext", "PruningMethod", "get_method", "register"]

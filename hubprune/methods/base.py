@@ -1,0 +1,39 @@
+"""The method interface: a method turns (model, calibration data, options) into a `PrunePlan`.
+
+Methods only decide; `surgery` applies. A method declares the options it takes; any other option is
+an error, so a typo or an option the method would ignore never passes silently.
+"""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # keep `hubprune methods` free of torch/transformers imports
+    from ..loading import LoadedModel
+    from ..plan import PrunePlan
+
+
+@dataclass
+class PruneContext:
+    """What a method may use to decide: the loaded model and the job's settings."""
+
+    loaded: LoadedModel
+    sparsity: float | None
+    seed: int
+    options: dict = field(default_factory=dict)
+
+
+class PruningMethod(ABC):
+    name: str = ""
+    summary: str = ""  # one line, shown by `hubprune methods`
+    paper: str | None = None
+    takes_sparsity: bool = True
+    options: tuple[str, ...] = ()  # method-specific option names (CLI flags without the leading --)
+
+    def check_options(self, options: dict) -> None:
+        """Refuse missing or malformed options before any model is loaded (override as needed)."""
+
+    @abstractmethod
+    def select(self, context: PruneContext) -> PrunePlan:
+        """Decide what to remove."""

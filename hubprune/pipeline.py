@@ -1,0 +1,179 @@
+"""The jobs behind the CLI, as a library: `prune` (load -> select -> apply -> evaluate -> save) and
+`evaluate` (perplexity of any model). The CLI is a thin layer over these functions."""
+from __future__ import annotations
+
+import platform
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+import transformers
+
+from . import __version__
+from .data import load_corpus, token_windows
+from .errors import InvalidOptionError
+from .evaluation import perplexity
+from .export import RECORD_FILENAME, atomic_folder, check_output, save_model_folder, source_shard_size, write_json
+from .loading import LoadedModel, load_model
+from .methods import PruneContext, get_method
+from .surgery import apply_plan, decoder_parameters, total_parameters
+
+SPARSITY_DEFINITION = "removed fraction of decoder-layer parameters (embeddings, lm_head and final norm excluded)"
+
+
+@dataclass
+class PruneJob:
+    """Every setting of a prune run; recorded verbatim in the output's hubprune.json."""
+
+    model: str
+    method: str
+    output: str
+    sparsity: float | None = None
+    options: dict = field(default_factory=dict)  # method-specific options
+    device: str = "auto"
+    dtype: str = "auto"
+    seed: int = 0
+    revision: str | None = None
+    ppl: list[str] = field(default_factory=list)  # corpora to evaluate dense and pruned on
+    seq_len: int = 2048
+    max_windows: int | None = None
+    overwrite: bool = False
+
+    def validate(self) -> None:
+        method = get_method(self.method)
+        if self.sparsity is not None and not 0 < self.sparsity < 1:
+            raise InvalidOptionError(f"--sparsity {self.sparsity}: must be a fraction strictly between 0 and 1, e.g. 0.3")
+        if method.takes_sparsity and self.sparsity is None:
+            raise InvalidOptionError(f"--method {self.method} needs --sparsity (a fraction between 0 and 1)")
+        if not method.takes_sparsity and self.sparsity is not None:
+            raise InvalidOptionError(f"--method {self.method} takes no --sparsity: {method.summary}")
+        unknown = sorted(k for k, v in self.options.items() if v is not None and k not in method.options)
+        if unknown:
+            raise InvalidOptionError(f"--{unknown[0].replace('_', '-')} does not apply to --method {self.method}")
+        method.check_options(self.options)
+        if self.seq_len < 2:
+            raise InvalidOptionError("--seq-len must be at least 2")
+        if self.max_windows is not None and self.max_windows < 1:
+            raise InvalidOptionError("--max-windows must be at least 1")
+
+
+@dataclass
+class PruneResult:
+    output: Path
+    record: dict
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    torch.manual_seed(seed)
+    try:
+        import numpy as np
+
+        np.random.seed(seed)
+    except ImportError:
+        pass
+
+
+def environment(device: torch.device) -> dict:
+    env = {"hubprune": __version__, "torch": torch.__version__, "transformers": transformers.__version__,
+           "python": platform.python_version(), "device": str(device)}
+    if device.type == "cuda":
+        env["gpu"] = torch.cuda.get_device_name(device)
+    return env
+
+
+def perplexities(model, tokenizer, corpora: list[str], *, seq_len: int, max_windows: int | None, label: str) -> dict:
+    results = {}
+    for name in corpora:
+        corpus = load_corpus(name, "evaluation")
+        windows = token_windows(tokenizer, corpus, seq_len, max_windows)
+        result = perplexity(model, windows, desc=f"{label} ppl {name}").to_dict()
+        results[name] = {**result, "provenance": corpus.provenance, "bos": False, "loss_dtype": "float32"}
+    return results
+
+
+def prune(model: str, method: str = "manual", *, output: str | Path, sparsity: float | None = None,
+          options: dict | None = None, device: str = "auto", dtype: str = "auto", seed: int = 0,
+          revision: str | None = None, token: str | None = None, ppl: list[str] | None = None,
+          seq_len: int = 2048, max_windows: int | None = None, overwrite: bool = False,
+          loaded: LoadedModel | None = None) -> PruneResult:
+    """Prune `model` with `method` and write the result to `output` (atomically).
+
+    `loaded` lets a caller that already holds the model (tests, notebooks) skip loading it again."""
+    job = PruneJob(model=model, method=method, output=str(output), sparsity=sparsity, options=dict(options or {}),
+                   device=device, dtype=dtype, seed=seed, revision=revision, ppl=list(ppl or []),
+                   seq_len=seq_len, max_windows=max_windows, overwrite=overwrite)
+    job.validate()
+    output = Path(output)
+    check_output(output, overwrite)  # refuse before any expensive work
+    seed_everything(seed)
+    if loaded is None:
+        loaded = load_model(model, device=device, dtype=dtype, revision=revision, token=token, output=output)
+    dense = loaded.model
+
+    evaluation: dict = {"perplexity": {}}
+    dense_ppl = perplexities(dense, loaded.tokenizer, job.ppl, seq_len=seq_len, max_windows=max_windows, label="dense")
+
+    started = time.perf_counter()
+    plan = get_method(method).select(PruneContext(loaded, sparsity, seed, job.options))
+    dense_counts = {"total": total_parameters(dense), "decoder": decoder_parameters(dense)}
+    summary = {"hubprune_version": __version__, "method": method, "source": loaded.source.repo_id or str(model),
+               "source_revision": loaded.source.revision, "sparsity_requested": sparsity}
+    pruned = apply_plan(dense, plan, record=summary)
+    prune_seconds = time.perf_counter() - started
+    pruned_counts = {"total": total_parameters(pruned), "decoder": decoder_parameters(pruned)}
+    achieved = 1 - pruned_counts["decoder"] / dense_counts["decoder"]
+    summary.update(sparsity_achieved=round(achieved, 6), parameters_dense=dense_counts["total"],
+                   parameters_pruned=pruned_counts["total"])
+    pruned.config.hubprune = summary
+
+    pruned_ppl = perplexities(pruned, loaded.tokenizer, job.ppl, seq_len=seq_len, max_windows=max_windows, label="pruned")
+    for name in job.ppl:
+        evaluation["perplexity"][name] = {"dense": dense_ppl[name], "pruned": pruned_ppl[name]}
+
+    record = {
+        "hubprune_version": __version__,
+        "job": asdict(job),
+        "source": {"reference": loaded.source.reference, "repo_id": loaded.source.repo_id,
+                   "revision": loaded.source.revision, "model_type": dense.config.model_type,
+                   "dtype": str(loaded.dtype).removeprefix("torch.")},
+        "architecture": "hubprune remote code" if getattr(pruned.config, "auto_map", None) else "stock transformers",
+        "sparsity": {"definition": SPARSITY_DEFINITION, "requested": sparsity, "achieved": achieved},
+        "parameters": {"dense": dense_counts, "pruned": pruned_counts},
+        "timing_seconds": {"prune": prune_seconds},
+        "evaluation": evaluation,
+        "environment": environment(loaded.device),
+    }
+    with atomic_folder(output, overwrite) as folder:
+        save_model_folder(folder, pruned, loaded.tokenizer, plan=plan.normalized(dense.config.num_hidden_layers),
+                          record=record, max_shard_size=source_shard_size(loaded.source.path))
+    return PruneResult(output, record)
+
+
+def evaluate(model: str, *, ppl: list[str], output: str | Path | None = None, device: str = "auto",
+             dtype: str = "auto", revision: str | None = None, token: str | None = None, seq_len: int = 2048,
+             max_windows: int | None = None, overwrite: bool = False) -> dict:
+    """Perplexity of `model` (a Hub id, a local or pruned folder) on each corpus; JSON to output/results.json."""
+    if not ppl:
+        raise InvalidOptionError("nothing to evaluate: pass --ppl with one or more corpora, e.g. --ppl default")
+    results_path = Path(output) / "results.json" if output else None
+    if results_path is not None and results_path.exists() and not overwrite:
+        raise InvalidOptionError(f"{results_path} already exists; pass --overwrite to replace it")
+    loaded = load_model(model, device=device, dtype=dtype, revision=revision, token=token)
+    results = {
+        "hubprune_version": __version__,
+        "model": {"reference": model, "repo_id": loaded.source.repo_id, "revision": loaded.source.revision,
+                  "parameters": total_parameters(loaded.model), "dtype": str(loaded.dtype).removeprefix("torch.")},
+        "perplexity": perplexities(loaded.model, loaded.tokenizer, ppl, seq_len=seq_len, max_windows=max_windows,
+                                   label="eval"),
+        "environment": environment(loaded.device),
+    }
+    if results_path is not None:
+        results_path.parent.mkdir(parents=True, exist_ok=True)
+        write_json(results_path, results)
+    return results
+
+
+__all__ = ["RECORD_FILENAME", "PruneJob", "PruneResult", "evaluate", "prune"]
