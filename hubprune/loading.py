@@ -242,7 +242,8 @@ def load_model(reference: str, *, device: str = "auto", dtype: str = "auto", rev
         if hasattr(model.config, "quantization_config"):
             del model.config.quantization_config
     model.eval()
-    tokenizer = AutoTokenizer.from_pretrained(source.path, **kwargs) if has_tokenizer(source) else None
+    tokenizer = (AutoTokenizer.from_pretrained(source.path, trust_remote_code=True, **kwargs)
+                 if has_tokenizer(source) else None)
     return LoadedModel(model, tokenizer, family, source, torch_device, torch_dtype)
 
 

@@ -79,3 +79,25 @@ def test_info_reports_structure_and_parameter_counts(pruned_run):
     info = hubprune.model_info(str(folder / "out"))
     assert info["layers"] == 29 and info["parameters"] == result.record["parameters"]["pruned"]["total"]
     assert [b["layer"] for b in info["blocks"] if not b["attention"]] == [0, 27]  # block 28 dropped: 27 keeps its index
+
+
+def test_evaluate_loads_the_pruned_folder_and_writes_results(pruned_run, tmp_path):
+    folder, result = pruned_run
+    results = hubprune.evaluate(str(folder / "out"), ppl=["default"], seq_len=SEQ_LEN, max_windows=WINDOWS,
+                                output=tmp_path, device="cpu")
+    recorded = result.record["evaluation"]["perplexity"]["default"]["pruned"]["perplexity"]
+    assert results["perplexity"]["default"]["perplexity"] == pytest.approx(recorded, rel=1e-5)
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert saved["perplexity"]["default"]["provenance"]["split"] == "evaluation"
+    assert saved["model"]["parameters"] == result.record["parameters"]["pruned"]["total"]
+
+
+@pytest.mark.slow
+def test_a_gguf_file_loads_like_its_converted_folder(embedded_model):
+    from hubprune.embedded import default_model_gguf
+    from hubprune.loading import load_model
+
+    from_gguf = load_model(str(default_model_gguf()), device="cpu", dtype="float32")
+    ids = torch.arange(5, 40)[None]
+    with torch.no_grad():
+        assert torch.equal(from_gguf.model(ids).logits, embedded_model.model(ids).logits)

@@ -88,3 +88,13 @@ def test_device_must_exist():
             resolve_device("cuda")
     with pytest.raises(InvalidOptionError, match="choose cuda, cpu or auto"):
         resolve_device("tpu")
+
+
+def test_a_gguf_file_is_a_model_reference():
+    from hubprune.embedded import default_model_gguf
+    from hubprune.loading import load_config
+
+    source = resolve_model(str(default_model_gguf()))
+    assert source.gguf_file == "SmolLM2-135M-Instruct.Q4_1.gguf" and source.weight_bytes > 50_000_000
+    config = load_config(source)
+    assert config.model_type == "llama" and config.num_hidden_layers == 30
