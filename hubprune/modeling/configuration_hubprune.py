@@ -21,76 +21,62 @@ def _default_block(config):
     }
 
 
-def _post_init(config):
-    """Fill the per-block structure and derive `layer_types` from it.
+class _HubPruneConfigMixin:
+    """Shared by the per-family config classes below (each declares the same three fields)."""
 
-    `layer_types` must say which layers have no attention: `generate()` builds its KV cache from the
-    config, and without a dummy entry `get_seq_length()` reads an empty layer (wrong positions after
-    prefill when layer 0 has no attention). Layers with attention keep the source's type (sliding
-    windows of Mistral / Qwen2)."""
-    if config.block_configs is None:
-        config.block_configs = [_default_block(config) for _ in range(config.num_hidden_layers)]
-    if len(config.block_configs) != config.num_hidden_layers:
-        raise ValueError(
-            f"block_configs has {len(config.block_configs)} entries but num_hidden_layers is {config.num_hidden_layers}"
-        )
-    source_types = getattr(config, "layer_types", None)
-    if source_types is None:
-        default_type = "sliding_attention" if getattr(config, "sliding_window", None) else "full_attention"
-        source_types = [default_type] * config.num_hidden_layers
-    config.layer_types = [
-        NO_ATTENTION_LAYER_TYPE if block["attention"]["no_op"] else (t if t != NO_ATTENTION_LAYER_TYPE else "full_attention")
-        for block, t in zip(config.block_configs, source_types)
-    ]
+    def __post_init__(self, **kwargs):
+        super().__post_init__(**kwargs)
+        self._derive_structure()
 
+    def _derive_structure(self):
+        """Fill the per-block structure and derive `layer_types` from it.
 
-def _validate_layer_type(config):
-    if len(config.layer_types) != config.num_hidden_layers:
-        raise ValueError("layer_types must have one entry per decoder layer")
+        `layer_types` must say which layers have no attention: `generate()` builds its KV cache from the
+        config, and without a dummy entry `get_seq_length()` reads an empty layer (wrong positions after
+        prefill when layer 0 has no attention). Layers with attention keep the source's type (sliding
+        windows of Mistral / Qwen2)."""
+        if self.block_configs is None:
+            self.block_configs = [_default_block(self) for _ in range(self.num_hidden_layers)]
+        if len(self.block_configs) != self.num_hidden_layers:
+            raise ValueError(
+                f"block_configs has {len(self.block_configs)} entries but num_hidden_layers is {self.num_hidden_layers}"
+            )
+        source_types = getattr(self, "layer_types", None)
+        if source_types is None:
+            default_type = "sliding_attention" if getattr(self, "sliding_window", None) else "full_attention"
+            source_types = [default_type] * self.num_hidden_layers
+        self.layer_types = [
+            NO_ATTENTION_LAYER_TYPE if block["attention"]["no_op"]
+            else (t if t != NO_ATTENTION_LAYER_TYPE else "full_attention")
+            for block, t in zip(self.block_configs, source_types)
+        ]
+
+    def validate_layer_type(self):  # the stock check would refuse the "mlp" entries
+        if len(self.layer_types) != self.num_hidden_layers:
+            raise ValueError("layer_types must have one entry per decoder layer")
 
 
 @strict
-class HubPruneLlamaConfig(LlamaConfig):
+class HubPruneLlamaConfig(_HubPruneConfigMixin, LlamaConfig):
     model_type = "hubprune_llama"
     block_configs: list | None = None
     layer_types: list | None = None
     hubprune: dict | None = None  # provenance: method, source model, sparsity, parameter counts
 
-    def __post_init__(self, **kwargs):
-        super().__post_init__(**kwargs)
-        _post_init(self)
-
-    def validate_layer_type(self):
-        _validate_layer_type(self)
-
 
 @strict
-class HubPruneMistralConfig(MistralConfig):
+class HubPruneMistralConfig(_HubPruneConfigMixin, MistralConfig):
     model_type = "hubprune_mistral"
     block_configs: list | None = None
     layer_types: list | None = None
     hubprune: dict | None = None
 
-    def __post_init__(self, **kwargs):
-        super().__post_init__(**kwargs)
-        _post_init(self)
-
-    def validate_layer_type(self):
-        _validate_layer_type(self)
-
 
 @strict
-class HubPruneQwen2Config(Qwen2Config):
+class HubPruneQwen2Config(_HubPruneConfigMixin, Qwen2Config):
     model_type = "hubprune_qwen2"
-    block_configs: list | None = None
+    block_configs: list | None = None  # (Qwen2Config already has layer_types)
     hubprune: dict | None = None
-
-    def __post_init__(self, **kwargs):
-        super().__post_init__(**kwargs)
-        _post_init(self)
-
-    def validate_layer_type(self):
-        _validate_layer_type(self)
 
 
 __all__ = ["HubPruneLlamaConfig", "HubPruneMistralConfig", "HubPruneQwen2Config"]
