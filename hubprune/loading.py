@@ -180,21 +180,18 @@ class Preflight:
     needed: dict[str, int]
     available: dict[str, int]
 
-    def check(self, *, device: torch.device, output: Path | None) -> None:
+    def check(self, *, output: Path | None) -> None:
+        advice = {"gpu": "use --dtype bfloat16 (or float16), or --device cpu",
+                  "ram": "use --dtype bfloat16, or a machine with more memory",
+                  "disk": "free space or choose --output on a larger disk"}
         for resource, need in self.needed.items():
             have = self.available.get(resource)
-            if have is not None and need > have:
-                advice = {
-                    "gpu": "use --dtype bfloat16 (or float16), or --device cpu",
-                    "ram": "use --dtype bfloat16, or a machine with more memory",
-                    "disk": "free space or choose --output on a larger disk",
-                }[resource]
-                raise InsufficientResourcesError(
-                    f"not enough {resource.upper()} memory: the job needs about {need / GiB:.1f} GiB "
-                    f"(model {self.model_bytes / GiB:.1f} GiB) but {have / GiB:.1f} GiB is free; {advice}"
-                    if resource != "disk" else
-                    f"not enough disk at {output}: the output needs up to {need / GiB:.1f} GiB but "
-                    f"{have / GiB:.1f} GiB is free; {advice}")
+            if have is None or need <= have:
+                continue
+            what = f"disk at {output}" if resource == "disk" else f"{resource.upper()} memory"
+            raise InsufficientResourcesError(
+                f"not enough {what}: the job needs about {need / GiB:.1f} GiB (model {self.model_bytes / GiB:.1f} GiB) "
+                f"but {have / GiB:.1f} GiB is free; {advice[resource]}")
 
 
 def available_ram() -> int | None:
@@ -233,7 +230,7 @@ def load_model(reference: str, *, device: str = "auto", dtype: str = "auto", rev
     family = get_family(config.model_type)  # refuses unsupported families before loading any weight
     torch_device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, config)
-    preflight(config, torch_dtype, torch_device, output).check(device=torch_device, output=output)
+    preflight(config, torch_dtype, torch_device, output).check(output=output)
     kwargs = {"gguf_file": source.gguf_file} if source.gguf_file else {}
     model = AutoModelForCausalLM.from_pretrained(source.path, dtype=torch_dtype, device_map=torch_device,
                                                  trust_remote_code=True, **kwargs)

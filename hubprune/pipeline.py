@@ -125,9 +125,9 @@ def prune(model: str, method: str = "manual", *, output: str | Path, sparsity: f
     prune_seconds = time.perf_counter() - started
     pruned_counts = {"total": total_parameters(pruned), "decoder": decoder_parameters(pruned)}
     achieved = 1 - pruned_counts["decoder"] / dense_counts["decoder"]
+    # `summary` is the pruned config's `hubprune` record (same object): complete it now that counts are known.
     summary.update(sparsity_achieved=round(achieved, 6), parameters_dense=dense_counts["total"],
                    parameters_pruned=pruned_counts["total"])
-    pruned.config.hubprune = summary
 
     pruned_ppl = perplexities(pruned, loaded.tokenizer, job.ppl, seq_len=seq_len, max_windows=max_windows, label="pruned")
     for name in job.ppl:
