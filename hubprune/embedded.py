@@ -50,22 +50,14 @@ def default_model_dir() -> Path:
     target = cache_dir() / "models" / "SmolLM2-135M-Instruct"
     if (target / "config.json").is_file():
         return target
-    gguf = default_model_gguf()
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from .loading import load_model  # the GGUF path of the ordinary loader (dequantizes to fp32)
 
     tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
     try:
-        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
-        # The GGUF loader leaves a quantizer and quantization_config behind; the weights are already
-        # dequantized to fp32, so the folder is saved as a plain checkpoint.
-        model.hf_quantizer = None
-        if hasattr(model.config, "quantization_config"):
-            del model.config.quantization_config
-        model.config.name_or_path = DEFAULT_MODEL_NAME
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
+        loaded = load_model(str(default_model_gguf()), device="cpu", dtype="float32")
+        loaded.model.config.name_or_path = DEFAULT_MODEL_NAME
+        loaded.model.save_pretrained(tmp)
+        loaded.tokenizer.save_pretrained(tmp)
         target.parent.mkdir(parents=True, exist_ok=True)
         os.replace(tmp, target)  # atomic: a concurrent or interrupted run never sees half a folder
     except OSError:

@@ -25,12 +25,14 @@ from .errors import (
     OfflineError,
 )
 from .families import Family, get_family
+from .surgery import total_parameters
 
 # What a causal LM needs from a repo: weights (safetensors only), config, tokenizer, generation config.
 HUB_FILE_PATTERNS = ["*.safetensors", "*.safetensors.index.json", "config.json", "generation_config.json",
                      "tokenizer*", "special_tokens_map.json", "*.model", "vocab.*", "merges.txt", "*.py"]
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 GiB = 1024**3
+OFFLINE_ERRORS = (hub_errors.LocalEntryNotFoundError, hub_errors.OfflineModeIsEnabled, ConnectionError)
 
 
 @dataclass
@@ -91,7 +93,7 @@ def _hub_error(exc: Exception, repo_id: str, revision: str | None) -> HubPruneEr
             "a local folder must exist")
     if isinstance(exc, hub_errors.HfHubHTTPError) and getattr(exc.response, "status_code", None) == 401:
         return AuthenticationError(f"the Hub refused the token for {repo_id}: set a valid one with --token or HF_TOKEN")
-    if isinstance(exc, (hub_errors.LocalEntryNotFoundError, hub_errors.OfflineModeIsEnabled, ConnectionError)):
+    if isinstance(exc, OFFLINE_ERRORS):
         return OfflineError(
             f"cannot reach the Hub and {repo_id} is not in the local cache; connect once to download it, "
             "or pass a local model folder")
@@ -123,7 +125,7 @@ def _download(repo_id: str, *, revision: str | None, token: str | None) -> Model
         path = Path(snapshot_download(repo_id, revision=revision, token=token, allow_patterns=HUB_FILE_PATTERNS))
     except HubPruneError:
         raise
-    except (hub_errors.LocalEntryNotFoundError, hub_errors.OfflineModeIsEnabled, ConnectionError):
+    except OFFLINE_ERRORS:
         try:  # offline: a cached snapshot is enough
             path = Path(snapshot_download(repo_id, revision=revision, allow_patterns=HUB_FILE_PATTERNS,
                                           local_files_only=True))
@@ -168,8 +170,7 @@ def load_config(source: ModelSource) -> PretrainedConfig:
 def parameter_count(config: PretrainedConfig) -> int:
     """Exact parameter count of a config's model, from a weightless (meta) instantiation."""
     with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(config, trust_remote_code=True)
-    return sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
+        return total_parameters(AutoModelForCausalLM.from_config(config, trust_remote_code=True))
 
 
 @dataclass
