@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import random
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,6 +41,7 @@ class Corpus:
 
 def load_corpus(name: str, purpose: str = "evaluation") -> Corpus:
     """`purpose` is 'evaluation' (held-out text) or 'calibration'."""
+    flag = "--calib-data" if purpose == "calibration" else "--ppl"
     path = Path(name).expanduser()
     if path.is_file():
         return _file_corpus(path)
@@ -58,7 +60,7 @@ def load_corpus(name: str, purpose: str = "evaluation") -> Corpus:
         data = load_dataset(**kwargs)
     except Exception as exc:  # noqa: BLE001 - any failure here means the same thing to the user
         raise DatasetUnavailableError(
-            f"cannot load {name} from the Hub ({type(exc).__name__}); offline, use --ppl default or a local "
+            f"cannot load {name} from the Hub ({type(exc).__name__}); offline, use {flag} default or a local "
             ".txt/.jsonl file") from None
     texts = list(data["text"][:documents] if documents else data["text"])
     return Corpus(name, texts, {"source": kwargs["path"], "split": kwargs["split"],
@@ -86,7 +88,7 @@ def token_windows(tokenizer, corpus: Corpus, seq_len: int, max_windows: int | No
     if tokenizer is None:
         raise DatasetUnavailableError("the model folder has no tokenizer files, so text cannot be tokenized; "
                                       "add the source model's tokenizer to the folder")
-    ids = tokenizer("\n\n".join(corpus.texts), add_special_tokens=False, return_tensors="pt").input_ids[0]
+    ids = _tokenize_prefix(tokenizer, "\n\n".join(corpus.texts), None if max_windows is None else max_windows * seq_len)
     available = ids.numel() // seq_len
     if available < min_windows:
         raise DatasetUnavailableError(
@@ -94,3 +96,33 @@ def token_windows(tokenizer, corpus: Corpus, seq_len: int, max_windows: int | No
             "use a longer corpus, a smaller --seq-len or fewer windows")
     count = available if max_windows is None else min(available, max_windows)
     return ids[: count * seq_len].view(count, seq_len)
+
+
+_SLACK_TOKENS = 64
+
+
+def _tokenize_prefix(tokenizer, text: str, needed: int | None) -> torch.Tensor:
+    """The token ids of `text`, or of a prefix of it that holds at least `needed` tokens.
+
+    Tokenizing a whole corpus costs hundreds of bytes per token (offsets, strings); when only the first
+    windows are used, tokenize a prefix cut at a blank line (where tokenizers split anyway) that holds
+    the needed tokens plus a margin, so the kept tokens are those of the whole text."""
+    chars = 8 * needed if needed else len(text)
+    while True:
+        cut = text.find("\n\n", chars)
+        prefix = text if cut < 0 else text[:cut]
+        ids = tokenizer(prefix, add_special_tokens=False, return_tensors="pt").input_ids[0]
+        if cut < 0 or ids.numel() >= needed + _SLACK_TOKENS:
+            return ids
+        chars *= 2
+
+
+def calibration_windows(tokenizer, name: str, seq_len: int, count: int, seed: int = 0) -> tuple[torch.Tensor, dict]:
+    """Exactly `count` calibration windows [count, seq_len] and their provenance. As in the 2SSP
+    reference, the documents keep their order for seed 0 and are shuffled for any other seed."""
+    corpus = load_corpus(name, "calibration")
+    if seed != 0:
+        random.Random(seed).shuffle(corpus.texts)
+    windows = token_windows(tokenizer, corpus, seq_len, max_windows=count, min_windows=count)
+    return windows, {**corpus.provenance, "name": corpus.name, "windows": count, "seq_len": seq_len,
+                     "shuffle_seed": seed or None, "bos": False}

@@ -14,11 +14,17 @@ import shutil
 from contextlib import contextmanager
 from pathlib import Path
 
-from transformers import PreTrainedModel
+import torch
+from safetensors.torch import save_file
+from transformers import PretrainedConfig, PreTrainedModel
 
 from .errors import InsufficientResourcesError, OutputExistsError
 from .modeling import REMOTE_CODE_FILES
 from .plan import PLAN_FILENAME, PrunePlan
+from .sequential import SAFETENSORS_INDEX
+from .surgery import prune_block
+
+DEFAULT_SHARD_BYTES = 2 * 1024**3
 
 RECORD_FILENAME = "hubprune.json"
 
@@ -71,13 +77,79 @@ def save_model_folder(folder: Path, model: PreTrainedModel, tokenizer, *, plan: 
                       max_shard_size: int | None = None) -> None:
     kwargs = {"max_shard_size": max_shard_size} if max_shard_size else {}
     model.save_pretrained(folder, **kwargs)
-    if getattr(model.config, "auto_map", None):
+    save_companions(folder, model.config, tokenizer, plan=plan, record=record)
+
+
+def save_companions(folder: Path, config: PretrainedConfig, tokenizer, *, plan: PrunePlan, record: dict | None) -> None:
+    """Everything next to the weights: remote code when needed, tokenizer, plan, run record."""
+    if getattr(config, "auto_map", None):
         for file in REMOTE_CODE_FILES:
             shutil.copy(file, folder / file.name)
     if tokenizer is not None:
         tokenizer.save_pretrained(folder)
     plan.save(folder / PLAN_FILENAME)
-    write_json(folder / RECORD_FILENAME, record)
+    if record is not None:
+        write_json(folder / RECORD_FILENAME, record)
+
+
+class ShardWriter:
+    """Writes tensors into safetensors shards as they come, holding at most one shard in memory."""
+
+    def __init__(self, folder: Path, max_shard_size: int | None = None):
+        self.folder = folder
+        self.max_bytes = max_shard_size or DEFAULT_SHARD_BYTES
+        self.pending: dict[str, torch.Tensor] = {}
+        self.pending_bytes = 0
+        self.parts: list[tuple[Path, list[str]]] = []
+        self.total_bytes = 0
+
+    def add(self, name: str, tensor: torch.Tensor) -> None:
+        size = tensor.numel() * tensor.element_size()
+        if self.pending and self.pending_bytes + size > self.max_bytes:
+            self._flush()
+        self.pending[name] = tensor.detach().to("cpu").contiguous()
+        self.pending_bytes += size
+        self.total_bytes += size
+
+    def _flush(self) -> None:
+        path = self.folder / f".part-{len(self.parts):05d}.safetensors"
+        save_file(self.pending, path, metadata={"format": "pt"})
+        self.parts.append((path, list(self.pending)))
+        self.pending, self.pending_bytes = {}, 0
+
+    def close(self) -> None:
+        """Name the shards as transformers does and write the index when there is more than one."""
+        if self.pending or not self.parts:
+            self._flush()
+        if len(self.parts) == 1:
+            os.replace(self.parts[0][0], self.folder / "model.safetensors")
+            return
+        weight_map = {}
+        for number, (path, names) in enumerate(self.parts, 1):
+            final = f"model-{number:05d}-of-{len(self.parts):05d}.safetensors"
+            os.replace(path, self.folder / final)
+            weight_map.update(dict.fromkeys(names, final))
+        write_json(self.folder / SAFETENSORS_INDEX, {"metadata": {"total_size": self.total_bytes},
+                                                     "weight_map": weight_map})
+
+
+def save_streamed_weights(folder: Path, loaded, plan: PrunePlan, *, max_shard_size: int | None = None) -> None:
+    """The pruned weights of a model loaded with offload, read from its shards one block at a time."""
+    family, shards = loaded.family, loaded.shards
+    num_layers = loaded.model.config.num_hidden_layers
+    plan = plan.normalized(num_layers)
+    writer = ShardWriter(folder, max_shard_size)
+    cpu = torch.device("cpu")
+    outside = [n for n in shards.names() if not n.startswith(family.layers_prefix)]
+    for name, tensor in shards.read(outside, device=cpu, dtype=loaded.dtype).items():
+        writer.add(name, tensor)
+    for new_index, layer in enumerate(plan.kept_layers(num_layers)):
+        prefix = f"{family.layers_prefix}{layer}."
+        tensors = shards.read(shards.names(prefix), device=cpu, dtype=loaded.dtype)
+        local = {name[len(prefix):]: tensor for name, tensor in tensors.items()}
+        for name, tensor in prune_block(local, layer, plan, family).items():
+            writer.add(f"{family.layers_prefix}{new_index}.{name}", tensor)
+    writer.close()
 
 
 def write_json(path: Path, data: dict) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import os
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,7 +26,8 @@ from .errors import (
     OfflineError,
 )
 from .families import Family, get_family
-from .surgery import total_parameters
+from .sequential import ShardReader
+from .surgery import model_class, total_parameters
 
 # What a causal LM needs from a repo: weights (safetensors only), config, tokenizer, generation config.
 HUB_FILE_PATTERNS = ["*.safetensors", "*.safetensors.index.json", "config.json", "generation_config.json",
@@ -56,6 +58,9 @@ class LoadedModel:
     device: torch.device
     dtype: torch.dtype
     notes: list[str] = field(default_factory=list)
+    # Set when loaded with `offload`: `model` is then a weightless (meta) skeleton and the blocks are
+    # read from these shards one at a time (see `sequential.DecoderStack`).
+    shards: ShardReader | None = None
 
 
 def resolve_device(device: str) -> torch.device:
@@ -205,10 +210,16 @@ def available_ram() -> int | None:
     return None
 
 
-def preflight(config: PretrainedConfig, dtype: torch.dtype, device: torch.device, output: Path | None) -> Preflight:
-    """The dense model and its pruned copy are both held during pruning: budget 2x the model (+10 %)."""
+def preflight(config: PretrainedConfig, dtype: torch.dtype, device: torch.device, output: Path | None,
+              *, offload: bool = False) -> Preflight:
+    """In memory, the dense model and its pruned copy are both held: budget 2x the model (+10 %).
+    With `offload`, one block plus the embeddings and head, and twice that for activations."""
     model_bytes = parameter_count(config) * torch.finfo(dtype).bits // 8
-    needed = {"ram" if device.type == "cpu" else "gpu": int(2.2 * model_bytes)}
+    if offload:
+        resident = model_bytes / config.num_hidden_layers + 2 * config.vocab_size * config.hidden_size * dtype.itemsize
+        needed = {"ram" if device.type == "cpu" else "gpu": int(3 * resident)}
+    else:
+        needed = {"ram" if device.type == "cpu" else "gpu": int(2.2 * model_bytes)}
     available: dict[str, int] = {}
     if device.type == "cuda":
         available["gpu"] = torch.cuda.mem_get_info(device)[0]
@@ -224,15 +235,32 @@ def preflight(config: PretrainedConfig, dtype: torch.dtype, device: torch.device
 
 
 def load_model(reference: str, *, device: str = "auto", dtype: str = "auto", revision: str | None = None,
-               token: str | None = None, output: Path | None = None) -> LoadedModel:
-    """Resolve, check and load a supported causal LM with its tokenizer."""
+               token: str | None = None, output: Path | None = None, offload: bool = False,
+               check: Callable[[PreTrainedModel], None] | None = None) -> LoadedModel:
+    """Resolve, check and load a supported causal LM with its tokenizer.
+
+    With `offload`, no block is loaded: the model is a weightless skeleton whose blocks
+    `sequential.DecoderStack` streams from the safetensors shards one at a time. `check` receives
+    that weightless model before any weight is read (e.g. a method refusing an infeasible budget)."""
     source = resolve_model(reference, revision=revision, token=token)
     config = load_config(source)
     family = get_family(config.model_type)  # refuses unsupported families before loading any weight
     torch_device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, config)
-    preflight(config, torch_dtype, torch_device, output).check(output=output)
+    preflight(config, torch_dtype, torch_device, output, offload=offload).check(output=output)
+    if offload and source.gguf_file:
+        raise InvalidOptionError("--offload streams safetensors shards; a .gguf file cannot be streamed "
+                                 "(convert it once with `hubprune prune` without --offload, or use the original repo)")
+    with torch.device("meta"):
+        skeleton = model_class(config)._from_config(config, dtype=torch_dtype)
+    if check is not None:
+        check(skeleton)
     kwargs = {"gguf_file": source.gguf_file} if source.gguf_file else {}
+    tokenizer = (AutoTokenizer.from_pretrained(source.path, trust_remote_code=True, **kwargs)
+                 if has_tokenizer(source) else None)
+    if offload:
+        shards = ShardReader(source.path)
+        return LoadedModel(skeleton.eval(), tokenizer, family, source, torch_device, torch_dtype, shards=shards)
     model = AutoModelForCausalLM.from_pretrained(source.path, dtype=torch_dtype, device_map=torch_device,
                                                  trust_remote_code=True, **kwargs)
     if source.gguf_file:  # dequantized on load: drop the quantizer so the model behaves as a plain one
@@ -240,8 +268,6 @@ def load_model(reference: str, *, device: str = "auto", dtype: str = "auto", rev
         if hasattr(model.config, "quantization_config"):
             del model.config.quantization_config
     model.eval()
-    tokenizer = (AutoTokenizer.from_pretrained(source.path, trust_remote_code=True, **kwargs)
-                 if has_tokenizer(source) else None)
     return LoadedModel(model, tokenizer, family, source, torch_device, torch_dtype)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import platform
 import random
+import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -15,10 +16,21 @@ from . import __version__
 from .data import load_corpus, token_windows
 from .errors import InvalidOptionError
 from .evaluation import perplexity
-from .export import RECORD_FILENAME, atomic_folder, check_output, save_model_folder, source_shard_size, write_json
+from .export import (
+    RECORD_FILENAME,
+    atomic_folder,
+    check_output,
+    save_companions,
+    save_model_folder,
+    save_streamed_weights,
+    source_shard_size,
+    write_json,
+)
 from .loading import LoadedModel, load_model
 from .methods import PruneContext, get_method
-from .surgery import apply_plan, decoder_parameters, total_parameters
+from .plan import PrunePlan
+from .sequential import DecoderStack, ShardReader, stack_perplexity
+from .surgery import apply_plan, decoder_parameters, model_class, pruned_config, total_parameters
 
 SPARSITY_DEFINITION = "removed fraction of decoder-layer parameters (embeddings, lm_head and final norm excluded)"
 
@@ -39,6 +51,7 @@ class PruneJob:
     ppl: list[str] = field(default_factory=list)  # corpora to evaluate dense and pruned on
     seq_len: int = 2048
     max_windows: int | None = None
+    offload: bool = False  # stream blocks from the checkpoint's shards instead of loading the model
     overwrite: bool = False
 
     def validate(self) -> None:
@@ -84,72 +97,114 @@ def environment(device: torch.device) -> dict:
     return env
 
 
-def perplexities(model, tokenizer, corpora: list[str], *, seq_len: int, max_windows: int | None, label: str) -> dict:
+def perplexities(loaded: LoadedModel, corpora: list[str], *, seq_len: int, max_windows: int | None,
+                 label: str) -> dict:
+    """Perplexity on each corpus: a whole-model forward, or block by block for a streamed model."""
     results = {}
     for name in corpora:
         corpus = load_corpus(name, "evaluation")
-        windows = token_windows(tokenizer, corpus, seq_len, max_windows)
-        result = perplexity(model, windows, desc=f"{label} ppl {name}").to_dict()
-        results[name] = {**result, "provenance": corpus.provenance, "bos": False, "loss_dtype": "float32"}
+        windows = token_windows(loaded.tokenizer, corpus, seq_len, max_windows)
+        desc = f"{label} ppl {name}"
+        if loaded.shards is None:
+            result = perplexity(loaded.model, windows, desc=desc)
+        else:
+            result = stack_perplexity(DecoderStack(loaded), windows, desc=desc)
+        results[name] = {**result.to_dict(), "provenance": corpus.provenance, "bos": False, "loss_dtype": "float32"}
     return results
 
 
 def prune(model: str, method: str = "manual", *, output: str | Path, sparsity: float | None = None,
           options: dict | None = None, device: str = "auto", dtype: str = "auto", seed: int = 0,
           revision: str | None = None, token: str | None = None, ppl: list[str] | None = None,
-          seq_len: int = 2048, max_windows: int | None = None, overwrite: bool = False,
+          seq_len: int = 2048, max_windows: int | None = None, offload: bool = False, overwrite: bool = False,
           loaded: LoadedModel | None = None) -> PruneResult:
     """Prune `model` with `method` and write the result to `output` (atomically).
 
-    `loaded` lets a caller that already holds the model (tests, notebooks) skip loading it again."""
+    With `offload`, the model is never loaded whole: calibration, export and evaluation stream one block
+    at a time from the safetensors shards. `loaded` lets a caller that already holds the model (tests,
+    notebooks) skip loading it again."""
     job = PruneJob(model=model, method=method, output=str(output), sparsity=sparsity, options=dict(options or {}),
                    device=device, dtype=dtype, seed=seed, revision=revision, ppl=list(ppl or []),
-                   seq_len=seq_len, max_windows=max_windows, overwrite=overwrite)
+                   seq_len=seq_len, max_windows=max_windows, offload=offload, overwrite=overwrite)
     job.validate()
     output = Path(output)
     check_output(output, overwrite)  # refuse before any expensive work
     seed_everything(seed)
+    method_impl = get_method(method)
     if loaded is None:
-        loaded = load_model(model, device=device, dtype=dtype, revision=revision, token=token, output=output)
+        loaded = load_model(model, device=device, dtype=dtype, revision=revision, token=token, output=output,
+                            offload=offload, check=lambda m: method_impl.check_model(m, sparsity, job.options))
     dense = loaded.model
-
-    evaluation: dict = {"perplexity": {}}
-    dense_ppl = perplexities(dense, loaded.tokenizer, job.ppl, seq_len=seq_len, max_windows=max_windows, label="dense")
+    evaluate_kwargs = dict(seq_len=seq_len, max_windows=max_windows)
+    dense_ppl = perplexities(loaded, job.ppl, label="dense", **evaluate_kwargs)
 
     started = time.perf_counter()
-    plan = get_method(method).select(PruneContext(loaded, sparsity, seed, job.options))
+    context = PruneContext(loaded, sparsity, seed, job.options, seq_len=seq_len)
+    plan = method_impl.select(context)
+    select_seconds = time.perf_counter() - started
     dense_counts = {"total": total_parameters(dense), "decoder": decoder_parameters(dense)}
     summary = {"hubprune_version": __version__, "method": method, "source": loaded.source.repo_id or str(model),
                "source_revision": loaded.source.revision, "sparsity_requested": sparsity}
-    pruned = apply_plan(dense, plan, record=summary)
-    prune_seconds = time.perf_counter() - started
-    pruned_counts = {"total": total_parameters(pruned), "decoder": decoder_parameters(pruned)}
-    achieved = 1 - pruned_counts["decoder"] / dense_counts["decoder"]
-    # `summary` is the pruned config's `hubprune` record (same object): complete it now that counts are known.
-    summary.update(sparsity_achieved=round(achieved, 6), parameters_dense=dense_counts["total"],
-                   parameters_pruned=pruned_counts["total"])
-
-    pruned_ppl = perplexities(pruned, loaded.tokenizer, job.ppl, seq_len=seq_len, max_windows=max_windows, label="pruned")
-    for name in job.ppl:
-        evaluation["perplexity"][name] = {"dense": dense_ppl[name], "pruned": pruned_ppl[name]}
-
     record = {
         "hubprune_version": __version__,
         "job": asdict(job),
         "source": {"reference": loaded.source.reference, "repo_id": loaded.source.repo_id,
                    "revision": loaded.source.revision, "model_type": dense.config.model_type,
                    "dtype": str(loaded.dtype).removeprefix("torch.")},
-        "architecture": "hubprune remote code" if getattr(pruned.config, "auto_map", None) else "stock transformers",
-        "sparsity": {"definition": SPARSITY_DEFINITION, "requested": sparsity, "achieved": achieved},
-        "parameters": {"dense": dense_counts, "pruned": pruned_counts},
-        "timing_seconds": {"prune": prune_seconds},
-        "evaluation": evaluation,
+        "method_report": context.report,
         "environment": environment(loaded.device),
     }
-    with atomic_folder(output, overwrite) as folder:
-        save_model_folder(folder, pruned, loaded.tokenizer, plan=plan.normalized(dense.config.num_hidden_layers),
-                          record=record, max_shard_size=source_shard_size(loaded.source.path))
+
+    def complete(pruned_model, pruned_loaded: LoadedModel, apply_seconds: float) -> None:
+        """Counts, evaluation and timings of the pruned model into `record` (and the config's summary)."""
+        pruned_counts = {"total": total_parameters(pruned_model), "decoder": decoder_parameters(pruned_model)}
+        achieved = 1 - pruned_counts["decoder"] / dense_counts["decoder"]
+        summary.update(sparsity_achieved=round(achieved, 6), parameters_dense=dense_counts["total"],
+                       parameters_pruned=pruned_counts["total"])
+        pruned_ppl = perplexities(pruned_loaded, job.ppl, label="pruned", **evaluate_kwargs)
+        record.update(
+            architecture="hubprune remote code" if getattr(pruned_model.config, "auto_map", None) else "stock transformers",
+            sparsity={"definition": SPARSITY_DEFINITION, "requested": sparsity, "achieved": achieved},
+            parameters={"dense": dense_counts, "pruned": pruned_counts},
+            timing_seconds={"select": select_seconds, "apply": apply_seconds, "prune": select_seconds + apply_seconds},
+            evaluation={"perplexity": {name: {"dense": dense_ppl[name], "pruned": pruned_ppl[name]} for name in job.ppl}},
+        )
+
+    normalized = plan.normalized(dense.config.num_hidden_layers)
+    shard_size = source_shard_size(loaded.source.path)
+    if loaded.shards is None:
+        started = time.perf_counter()
+        pruned = apply_plan(dense, plan, record=summary)
+        complete(pruned, _in_memory(pruned, loaded), time.perf_counter() - started)
+        with atomic_folder(output, overwrite) as folder:
+            save_model_folder(folder, pruned, loaded.tokenizer, plan=normalized, record=record,
+                              max_shard_size=shard_size)
+    else:
+        with atomic_folder(output, overwrite) as folder:
+            started = time.perf_counter()
+            pruned_loaded = _streamed_export(folder, loaded, plan, summary, shard_size)
+            complete(pruned_loaded.model, pruned_loaded, time.perf_counter() - started)
+            pruned_loaded.model.config.save_pretrained(folder)  # now that `summary` holds the counts
+            save_companions(folder, pruned_loaded.model.config, loaded.tokenizer, plan=normalized, record=record)
     return PruneResult(output, record)
+
+
+def _in_memory(model, like: LoadedModel) -> LoadedModel:
+    return LoadedModel(model, like.tokenizer, like.family, like.source, like.device, like.dtype)
+
+
+def _streamed_export(folder: Path, loaded: LoadedModel, plan: PrunePlan, summary: dict,
+                     shard_size: int | None) -> LoadedModel:
+    """Write the pruned weights from the source shards; return the output as a streamable model."""
+    plan.validate(loaded.model.config.num_hidden_layers, loaded.family.ffn_width(loaded.model.config))
+    config = pruned_config(loaded.model.config, plan, loaded.family, summary)
+    save_streamed_weights(folder, loaded, plan, max_shard_size=shard_size)
+    if (loaded.source.path / "generation_config.json").is_file():
+        shutil.copy(loaded.source.path / "generation_config.json", folder)
+    with torch.device("meta"):
+        skeleton = model_class(config)._from_config(config, dtype=loaded.dtype).eval()
+    return LoadedModel(skeleton, loaded.tokenizer, loaded.family, loaded.source, loaded.device, loaded.dtype,
+                       shards=ShardReader(folder))
 
 
 def evaluate(model: str, *, ppl: list[str], output: str | Path | None = None, device: str = "auto",
@@ -166,8 +221,7 @@ def evaluate(model: str, *, ppl: list[str], output: str | Path | None = None, de
         "hubprune_version": __version__,
         "model": {"reference": model, "repo_id": loaded.source.repo_id, "revision": loaded.source.revision,
                   "parameters": total_parameters(loaded.model), "dtype": str(loaded.dtype).removeprefix("torch.")},
-        "perplexity": perplexities(loaded.model, loaded.tokenizer, ppl, seq_len=seq_len, max_windows=max_windows,
-                                   label="eval"),
+        "perplexity": perplexities(loaded, ppl, seq_len=seq_len, max_windows=max_windows, label="eval"),
         "environment": environment(loaded.device),
     }
     if results_path is not None:

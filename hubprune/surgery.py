@@ -73,42 +73,47 @@ def pruned_config(source: PretrainedConfig, plan: PrunePlan, family: Family, rec
     return config
 
 
+def prune_block(tensors: dict[str, torch.Tensor], layer: int, plan: PrunePlan, family: Family) -> dict[str, torch.Tensor]:
+    """One source block's tensors (names local to the block) with the plan applied (plan normalized)."""
+    if layer in plan.skip_attention:
+        tensors = {k: v for k, v in tensors.items() if not family.is_attention_param(k)}
+    if layer in plan.skip_mlp:
+        tensors = {k: v for k, v in tensors.items() if not family.is_mlp_param(k)}
+    elif layer in plan.keep_ffn_neurons:
+        tensors = family.slice_ffn(tensors, torch.tensor(plan.keep_ffn_neurons[layer], dtype=torch.long))
+    return tensors
+
+
 def pruned_state_dict(model: PreTrainedModel, plan: PrunePlan, family: Family) -> dict[str, torch.Tensor]:
     """Source weights with the plan applied and layers renumbered. Kept tensors are shared, not copied."""
     num_layers = model.config.num_hidden_layers
     plan = plan.normalized(num_layers)
-    state = model.state_dict()
     by_layer: dict[int, dict[str, torch.Tensor]] = {}
     out: dict[str, torch.Tensor] = {}
-    for name, tensor in state.items():
+    for name, tensor in model.state_dict().items():
         if name.startswith(family.layers_prefix):
             index, local = name[len(family.layers_prefix):].split(".", 1)
             by_layer.setdefault(int(index), {})[local] = tensor
         else:
             out[name] = tensor
     for new_index, layer in enumerate(plan.kept_layers(num_layers)):
-        tensors = by_layer[layer]
-        if layer in plan.skip_attention:
-            tensors = {k: v for k, v in tensors.items() if not family.is_attention_param(k)}
-        if layer in plan.skip_mlp:
-            tensors = {k: v for k, v in tensors.items() if not family.is_mlp_param(k)}
-        elif layer in plan.keep_ffn_neurons:
-            keep = torch.tensor(plan.keep_ffn_neurons[layer], dtype=torch.long)
-            tensors = family.slice_ffn(tensors, keep)
-        for local, tensor in tensors.items():
+        for local, tensor in prune_block(by_layer[layer], layer, plan, family).items():
             out[f"{family.layers_prefix}{new_index}.{local}"] = tensor
     return out
+
+
+def model_class(config: PretrainedConfig) -> type[PreTrainedModel]:
+    """The class for `config`: hubprune's own for the pruned format, else the stock transformers class."""
+    if getattr(config, "auto_map", None) and config.architectures[0] in modeling.__all__:
+        return getattr(modeling, config.architectures[0])
+    return AutoModelForCausalLM._model_mapping[type(config)]
 
 
 def build_model(config: PretrainedConfig, state_dict: dict[str, torch.Tensor], *, dtype: torch.dtype,
                 device: torch.device | str, attn_implementation: str | None = None) -> PreTrainedModel:
     """Instantiate `config`'s model without allocating random weights, then take `state_dict`'s tensors."""
-    if getattr(config, "auto_map", None):
-        cls = getattr(modeling, config.architectures[0])
-    else:
-        cls = AutoModelForCausalLM._model_mapping[type(config)]
     with torch.device("meta"):
-        model = cls._from_config(config, dtype=dtype, attn_implementation=attn_implementation)
+        model = model_class(config)._from_config(config, dtype=dtype, attn_implementation=attn_implementation)
     model.load_state_dict(state_dict, strict=not config.tie_word_embeddings, assign=True)
     if config.tie_word_embeddings:
         model.lm_head.weight = model.model.embed_tokens.weight

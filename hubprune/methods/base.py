@@ -12,16 +12,30 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:  # keep `hubprune methods` free of torch/transformers imports
     from ..loading import LoadedModel
     from ..plan import PrunePlan
+    from ..sequential import DecoderStack
 
 
 @dataclass
 class PruneContext:
-    """What a method may use to decide: the loaded model and the job's settings."""
+    """What a method may use to decide: the loaded model and the job's settings. A method writes what
+    it measured and decided (budgets, scores, timings) to `report`; it is recorded in hubprune.json."""
 
     loaded: LoadedModel
     sparsity: float | None
     seed: int
     options: dict = field(default_factory=dict)
+    seq_len: int = 2048
+    report: dict = field(default_factory=dict)
+
+    def stack(self) -> DecoderStack:
+        """Block-by-block access to the model (streamed from its shards when loaded with offload)."""
+        from ..sequential import DecoderStack
+
+        return DecoderStack(self.loaded)
+
+    def option(self, name: str, default):
+        value = self.options.get(name)
+        return default if value is None else value
 
 
 class PruningMethod(ABC):
@@ -33,6 +47,9 @@ class PruningMethod(ABC):
 
     def check_options(self, options: dict) -> None:
         """Refuse missing or malformed options before any model is loaded (override as needed)."""
+
+    def check_model(self, model, sparsity: float | None, options: dict) -> None:
+        """Refuse what this model's shape makes impossible; `model` is weightless (meta device)."""
 
     @abstractmethod
     def select(self, context: PruneContext) -> PrunePlan:

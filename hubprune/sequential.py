@@ -1,0 +1,201 @@
+"""A causal LM seen as embed -> N decoder blocks -> head, so that calibration walks it block by block.
+
+Every calibrating method works through `DecoderStack`: it embeds windows, fetches one block at a time
+onto the device, runs it (optionally with its attention or MLP bypassed, or with a narrower FFN given
+as sliced weights), and scores the final hidden states. The block comes either from a model held in
+memory or, with `offload`, straight from the checkpoint's safetensors shards: then only one block,
+the embeddings and the head are ever resident, which is how a 70B model is pruned on one 80 GB GPU.
+"""
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from safetensors import safe_open
+from torch.func import functional_call
+from tqdm.auto import tqdm
+from transformers.masking_utils import create_causal_mask, create_sliding_window_causal_mask
+
+from .errors import InvalidOptionError
+from .evaluation.perplexity import PerplexityResult
+
+SAFETENSORS_INDEX = "model.safetensors.index.json"
+
+
+class ShardReader:
+    """The tensors of a safetensors checkpoint folder, read on demand (nothing is loaded up front).
+
+    Files are opened per read and closed again, so no shard stays mapped into memory."""
+
+    def __init__(self, folder: str | Path):
+        self.folder = Path(folder)
+        index = self.folder / SAFETENSORS_INDEX
+        if index.is_file():
+            self.files = {name: self.folder / file for name, file in json.loads(index.read_text())["weight_map"].items()}
+        elif (self.folder / "model.safetensors").is_file():
+            with safe_open(self.folder / "model.safetensors", framework="pt") as f:
+                self.files = {name: self.folder / "model.safetensors" for name in f.keys()}
+        else:
+            raise InvalidOptionError(f"{self.folder} has no safetensors weights; block-by-block loading (--offload) "
+                                     "reads safetensors checkpoints only")
+
+    def names(self, prefix: str = "") -> list[str]:
+        return [name for name in self.files if name.startswith(prefix)]
+
+    def read(self, names: list[str], *, device: torch.device, dtype: torch.dtype | None) -> dict[str, torch.Tensor]:
+        by_file: dict[Path, list[str]] = {}
+        for name in names:
+            by_file.setdefault(self.files[name], []).append(name)
+        out = {}
+        for file, file_names in by_file.items():
+            with safe_open(file, framework="pt", device=str(device)) as f:
+                for name in file_names:
+                    tensor = f.get_tensor(name)
+                    out[name] = tensor.to(dtype) if dtype is not None and tensor.is_floating_point() else tensor
+        return out
+
+
+@dataclass
+class BlockInputs:
+    """What every block needs besides its hidden states, for a batch of unpadded windows of one length."""
+
+    position_ids: torch.Tensor
+    position_embeddings: tuple[torch.Tensor, torch.Tensor]
+    masks: dict[str, torch.Tensor | None]  # by layer type; None lets SDPA use its causal kernel
+
+
+class DecoderStack:
+    """Block-by-block access to a loaded model (`loading.LoadedModel`), in memory or streamed from shards."""
+
+    def __init__(self, loaded):
+        self.model = loaded.model
+        self.config = loaded.model.config
+        self.family = loaded.family
+        self.device = loaded.device
+        self.dtype = loaded.dtype
+        self.shards: ShardReader | None = loaded.shards
+        self.num_layers = self.config.num_hidden_layers
+        self.layer_types = self.family.source_layer_types(self.config)
+        self._inputs: dict[tuple[int, int], BlockInputs] = {}
+        self.block_forwards = 0  # one window through one block counts 1
+        if self.shards is not None:
+            self._load_outside_blocks()
+
+    # -- weights -------------------------------------------------------------------------------------
+    def _load_outside_blocks(self) -> None:
+        """Embeddings, final norm and head onto the device; the blocks stay on `meta` until fetched."""
+        prefix = self.family.layers_prefix
+        names = [n for n in self.shards.names() if not n.startswith(prefix)]
+        tensors = self.shards.read(names, device=self.device, dtype=self.dtype)
+        self.model.load_state_dict(tensors, strict=False, assign=True)
+        if self.config.tie_word_embeddings:
+            self.model.lm_head.weight = self.model.model.embed_tokens.weight
+        with torch.device(self.device):  # non-persistent rotary buffers are rebuilt, not read
+            self.model.model.rotary_emb = type(self.model.model.rotary_emb)(config=self.config)
+
+    @contextmanager
+    def block(self, index: int) -> Iterator[torch.nn.Module]:
+        """Block `index` on the device for the duration of the `with` (then released if streamed)."""
+        layer = self.model.model.layers[index]
+        if self.shards is not None:
+            prefix = f"{self.family.layers_prefix}{index}."
+            tensors = self.shards.read(self.shards.names(prefix), device=self.device, dtype=self.dtype)
+            layer.load_state_dict({n[len(prefix):]: t for n, t in tensors.items()}, assign=True)
+            del tensors
+            try:
+                yield layer
+            finally:
+                layer.to("meta")
+            return
+        home = next(layer.parameters()).device
+        if home != self.device:  # a model kept on the CPU while the work runs on the GPU
+            layer.to(self.device)
+            try:
+                yield layer
+            finally:
+                layer.to(home)
+            return
+        yield layer
+
+    # -- compute -------------------------------------------------------------------------------------
+    def embed(self, ids: torch.Tensor) -> torch.Tensor:
+        """[batch, seq] token ids -> [batch, seq, hidden] on the device, in the model dtype."""
+        return self.model.model.embed_tokens(ids.to(self.device))
+
+    def inputs(self, batch: int, seq_len: int) -> BlockInputs:
+        key = (batch, seq_len)
+        if key not in self._inputs:
+            embeds = torch.empty(batch, seq_len, self.config.hidden_size, dtype=self.dtype, device=self.device)
+            position_ids = torch.arange(seq_len, device=self.device).unsqueeze(0)
+            kwargs = dict(config=self.config, inputs_embeds=embeds, attention_mask=None, cache=None,
+                          position_ids=position_ids)
+            masks = {}
+            if "full_attention" in self.layer_types:
+                masks["full_attention"] = create_causal_mask(**kwargs)
+            if "sliding_attention" in self.layer_types:
+                masks["sliding_attention"] = create_sliding_window_causal_mask(**kwargs)
+            position_embeddings = self.model.model.rotary_emb(embeds, position_ids=position_ids)
+            self._inputs[key] = BlockInputs(position_ids, position_embeddings, masks)
+        return self._inputs[key]
+
+    @torch.no_grad()
+    def run(self, layer: torch.nn.Module, index: int, hidden: torch.Tensor, *, skip_attention: bool = False,
+            skip_mlp: bool = False, mlp_params: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+        """One block on `hidden` [batch, seq, d]. A skipped sub-module adds nothing to the residual (its
+        norm is not evaluated either). `mlp_params` replaces the MLP's weights, e.g. by a sliced FFN."""
+        inputs = self.inputs(hidden.shape[0], hidden.shape[1])
+        self.block_forwards += hidden.shape[0]
+        attention = getattr(layer, "self_attn", None)
+        if attention is not None and not skip_attention:
+            out, _ = attention(hidden_states=layer.input_layernorm(hidden),
+                               attention_mask=inputs.masks.get(self.layer_types[index]),
+                               position_ids=inputs.position_ids, position_embeddings=inputs.position_embeddings)
+            hidden = hidden + out
+        mlp = getattr(layer, "mlp", None)
+        if mlp is not None and not skip_mlp:
+            normed = layer.post_attention_layernorm(hidden)
+            out = mlp(normed) if mlp_params is None else functional_call(mlp, mlp_params, (normed,))
+            hidden = hidden + out
+        return hidden
+
+    @torch.no_grad()
+    def nll(self, hidden: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        """Summed next-token NLL (fp64) of final hidden states [batch, seq, d] against `ids` [batch, seq].
+        Logits in fp32, one window at a time so a large vocabulary never holds [batch, seq, V]."""
+        model = self.model
+        total = torch.zeros((), dtype=torch.float64, device=self.device)
+        ids = ids.to(self.device)
+        for window, target in zip(hidden, ids):
+            logits = model.lm_head(model.model.norm(window[:-1])).float()
+            total += F.cross_entropy(logits, target[1:], reduction="sum").double()
+        return total
+
+
+def mlp_parameters(layer: torch.nn.Module, family, keep: torch.Tensor | None) -> dict[str, torch.Tensor] | None:
+    """The MLP weights of `layer` narrowed to FFN neurons `keep` (names local to the MLP), or None."""
+    if keep is None:
+        return None
+    prefix = family.mlp_prefix
+    tensors = {prefix + n: p for n, p in layer.mlp.named_parameters()}
+    sliced = family.slice_ffn(tensors, keep)
+    return {n[len(prefix):]: t for n, t in sliced.items()}
+
+
+@torch.no_grad()
+def stack_perplexity(stack: DecoderStack, windows: torch.Tensor, *, desc: str = "perplexity", progress: bool = True):
+    """Perplexity computed block by block (same protocol as `evaluation.perplexity`); every window's
+    hidden state is held on the device while the blocks pass."""
+    states = [stack.embed(w.unsqueeze(0)) for w in windows]
+    for index in tqdm(range(stack.num_layers), desc=desc, disable=not progress, leave=False):
+        with stack.block(index) as layer:
+            states = [stack.run(layer, index, s) for s in states]
+    nll_sum = sum(stack.nll(s, w.unsqueeze(0)) for s, w in zip(states, windows))
+    tokens = windows.shape[0] * (windows.shape[1] - 1)
+    nll = (nll_sum / tokens).item()
+    return PerplexityResult(math.exp(nll), nll, tokens, len(windows), windows.shape[1])
