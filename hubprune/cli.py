@@ -20,6 +20,8 @@ EPILOG = """\
 examples:
   hubprune methods
   hubprune info default
+  hubprune prune default --method 2ssp --sparsity 0.25 --output out/smollm2-2ssp25 --ppl default
+  hubprune prune meta-llama/Llama-2-7b-hf --method 2ssp --sparsity 0.375 --device cuda --output out/llama2-2ssp
   hubprune prune default --method manual --plan examples/smollm2-plan.yaml --output out/smollm2 --ppl default
   hubprune eval out/smollm2 --ppl default,wikitext2 --output out/smollm2-eval
   hubprune info out/smollm2
@@ -46,6 +48,11 @@ results). It is written to a temporary folder and moved into place when complete
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str):  # one line, exit code 2
         self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+
+
+# Method-specific flags, passed to the method as options (a method refuses the ones it does not take).
+METHOD_OPTIONS = ("plan", "calib_data", "calib_samples", "ffn_multiple", "alpha", "stage2_samples", "stage2",
+                  "stage2_batch")
 
 
 def _csv(value: str) -> list[str]:
@@ -90,6 +97,25 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--method", required=True, help=f"pruning method: {', '.join(sorted(METHODS))}")
     m.add_argument("--sparsity", type=float, help="fraction of decoder-layer parameters to remove, in (0, 1)")
     m.add_argument("--plan", help="plan file for --method manual (JSON or YAML, format below)")
+    m.add_argument("--offload", action="store_true",
+                   help="never load the whole model: stream one block at a time from the safetensors shards "
+                        "(peak memory about one block plus embeddings and activations; for models larger than the device)")
+    c = p.add_argument_group("calibration (calibrating methods)")
+    c.add_argument("--calib-data", metavar="NAME|FILE",
+                   help="calibration text: c4 (the reference), default (embedded), wikitext2, or a .txt/.jsonl file "
+                        "[auto: c4, or default for MODEL=default]")
+    c.add_argument("--calib-samples", type=int, metavar="N", help="calibration windows of --seq-len tokens [32]")
+    c.add_argument("--ffn-multiple", type=int, metavar="M",
+                   help="round kept FFN widths to a multiple of M; unaligned widths run slower on GPUs, "
+                        "1 reproduces the paper exactly [8]")
+    t = p.add_argument_group("2ssp")
+    t.add_argument("--alpha", type=float, help="balance between attention removal and FFN width (Eq. 5) [1.5]")
+    t.add_argument("--stage2-samples", type=int, metavar="N",
+                   help="calibration windows scored by stage 2's perplexity [1]")
+    t.add_argument("--stage2", choices=["cached", "naive"],
+                   help="cached: reuse the outputs of unchanged blocks and batch candidates; "
+                        "naive: one full forward per candidate, as the reference code [cached]")
+    t.add_argument("--stage2-batch", type=int, metavar="B", help="candidates run through a block together [8]")
     _ppl_options(p)
 
     e = sub.add_parser("eval", help="perplexity of a model (dense or pruned)",
@@ -128,16 +154,19 @@ def _run(args: argparse.Namespace) -> None:
 
         if not args.output:
             raise InvalidOptionError("prune needs --output DIR")
-        result = prune(args.model, args.method, output=args.output, sparsity=args.sparsity,
-                       options={"plan": args.plan}, device=args.device, dtype=args.dtype, seed=args.seed,
-                       revision=args.revision, token=args.token, ppl=args.ppl, seq_len=args.seq_len,
-                       max_windows=args.max_windows, overwrite=args.overwrite)
+        options = {key: getattr(args, key) for key in METHOD_OPTIONS}
+        result = prune(args.model, args.method, output=args.output, sparsity=args.sparsity, options=options,
+                       device=args.device, dtype=args.dtype, seed=args.seed, revision=args.revision,
+                       token=args.token, ppl=args.ppl, seq_len=args.seq_len, max_windows=args.max_windows,
+                       offload=args.offload, overwrite=args.overwrite)
         record = result.record
         sparsity = record["sparsity"]
         requested = f" (requested {sparsity['requested']:.2%})" if sparsity["requested"] is not None else ""
         print(f"pruned {args.model} with {args.method}: removed {sparsity['achieved']:.2%} of decoder-layer "
               f"parameters{requested}; {record['parameters']['dense']['total']:,} -> "
               f"{record['parameters']['pruned']['total']:,} parameters")
+        if record["method_report"].get("summary"):
+            print(f"{args.method}: {record['method_report']['summary']}")
         for name, both in record["evaluation"]["perplexity"].items():
             print(f"perplexity {name}: dense {both['dense']['perplexity']:.3f}  pruned {both['pruned']['perplexity']:.3f}")
         print(f"output: {result.output}  ({record['architecture']})")

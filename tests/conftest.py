@@ -51,6 +51,23 @@ def embedded_tokenizer(embedded_model):
     return embedded_model.tokenizer
 
 
+def tiny_tokenizer(vocab_size: int = 300):
+    """A real byte-level BPE tokenizer trained here on the embedded corpus, with a vocabulary small
+    enough for tiny models (so they can be calibrated on text); give the model `len(tokenizer)`."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    from hubprune import embedded
+
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<pad>", "<s>", "</s>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tokenizer.train_from_iterator(embedded.default_corpus("calibration")[:200], trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tokenizer, pad_token="<pad>", bos_token="<s>", eos_token="</s>")
+
+
 def left_padded_batch(vocab: int, pad_id: int, seed: int = 1):
     """Two prompts of different lengths, left-padded (the case that exposes KV-cache position bugs)."""
     g = torch.Generator().manual_seed(seed)
@@ -61,4 +78,4 @@ def left_padded_batch(vocab: int, pad_id: int, seed: int = 1):
     return ids, mask
 
 
-__all__ = ["FAMILIES", "TINY_CONFIGS", "AutoTokenizer", "left_padded_batch", "tiny_model"]
+__all__ = ["FAMILIES", "TINY_CONFIGS", "AutoTokenizer", "left_padded_batch", "tiny_model", "tiny_tokenizer"]

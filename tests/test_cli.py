@@ -15,7 +15,10 @@ def hubprune(*args, cwd=None):
 def test_methods_lists_name_and_one_line():
     out = hubprune("methods")
     assert out.returncode == 0
-    assert out.stdout.splitlines()[0].split()[0] == "manual"
+    from hubprune.methods import METHODS
+
+    listed = {line.split()[0]: line.split(None, 1)[1] for line in out.stdout.splitlines()}
+    assert listed == {name: cls.summary for name, cls in METHODS.items()}
 
 
 def test_help_documents_commands_plan_format_and_examples():

@@ -1,0 +1,167 @@
+"""2SSP: two-stage structured pruning (Sandri et al., TMLR 2025), as in `algorithms.md` §2.
+
+Stage 1 removes FFN neurons: every block keeps the same number `k_keep`, chosen per block by the mean
+over calibration windows of each neuron's L2 norm (over tokens) at the `down_proj` input.
+Stage 2 then removes `N_attn` attention sub-modules greedily, each step the one whose bypass gives the
+lowest perplexity on the stage-2 window(s). "Equation 5" balances the two stages.
+
+Differences from the reference code, all numerical or in speed, none in the procedure:
+- scores, losses and perplexities are fp32 (the reference takes bf16 norms on the CPU and a bf16 loss);
+- statistics stay on the device, and calibration walks the model block by block (`DecoderStack`);
+- stage 2 reuses the outputs of the blocks before each candidate and batches candidates through each
+  block (`--stage2 naive` runs one full forward per candidate, as the reference does);
+- `--ffn-multiple M` (default 8) rounds `k_keep` to a multiple of M; M = 1 is the reference's rounding.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+
+from ..errors import InvalidOptionError
+from ..plan import PrunePlan
+from .base import PruneContext, PruningMethod
+from .registry import register
+
+# Only the light part lives here (options, budget) so that `hubprune methods` needs no torch;
+# the stages themselves are in `twossp_stages.py`.
+
+DEFAULTS = {"alpha": 1.5, "calib_data": "auto", "calib_samples": 32, "stage2_samples": 1, "ffn_multiple": 8,
+            "stage2": "cached", "stage2_batch": 8}
+
+
+# -- balancing ("Equation 5") ---------------------------------------------------------------------------
+@dataclass
+class Balance:
+    """How 2SSP splits a sparsity budget between attention removal and FFN width."""
+
+    sparsity: float
+    alpha: float
+    ffn_multiple: int
+    num_layers: int
+    ffn_width: int
+    attention_parameters: int  # P_attn: block 0's attention module (biases included)
+    mlp_parameters: int  # P_mlp: block 0's MLP module
+    decoder_parameters: int  # P_main: all decoder blocks (norms included)
+    n_attn: int  # attention sub-modules to remove
+    keep_exact: float  # FFN neurons to keep before any rounding
+    keep_reference: int  # the reference's k_keep (its two roundings)
+    keep: int  # k_keep used: keep_reference if ffn_multiple == 1, else the nearest multiple
+
+    @property
+    def sparsity_predicted(self) -> float:
+        removed = self.n_attn * self.attention_parameters
+        removed += self.num_layers * (self.ffn_width - self.keep) * self.mlp_parameters / self.ffn_width
+        return removed / self.decoder_parameters
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "sparsity_predicted": self.sparsity_predicted}
+
+
+def module_sizes(model) -> tuple[int, int, int]:
+    """(P_attn, P_mlp, P_main) of a causal LM; works on a weightless (meta) model."""
+    block = model.model.layers[0]
+    count = lambda module: sum(p.numel() for p in module.parameters())  # noqa: E731
+    return count(block.self_attn), count(block.mlp), count(model.model.layers)
+
+
+def balance(*, sparsity: float, num_layers: int, ffn_width: int, attention_parameters: int, mlp_parameters: int,
+            decoder_parameters: int, alpha: float = 1.5, ffn_multiple: int = 1) -> Balance:
+    """N_attn = round(N · s^((P_mlp/P_attn)/α)), then the FFN budget spread evenly over all N blocks."""
+    s, n, p_attn, p_mlp, p_main = sparsity, num_layers, attention_parameters, mlp_parameters, decoder_parameters
+    n_attn = round(n * s ** ((p_mlp / p_attn) / alpha))  # Python's round, as the reference
+    if n_attn * p_attn / p_main > s:
+        raise InvalidOptionError(
+            f"2SSP cannot balance sparsity {s} with --alpha {alpha}: removing {n_attn} attention modules alone "
+            f"removes {n_attn * p_attn / p_main:.2%}; use a smaller --alpha")
+    if (n_attn * p_attn + n * p_mlp) / p_main < s:
+        raise InvalidOptionError(
+            f"2SSP cannot reach sparsity {s} with --alpha {alpha}: {n_attn} attention modules plus every FFN neuron "
+            f"remove only {(n_attn * p_attn + n * p_mlp) / p_main:.2%}; use a larger --alpha or a lower --sparsity")
+    total = round(s * p_main)
+    per_mlp = round((total - n_attn * p_attn) / n)
+    keep_reference = round(ffn_width * (1 - per_mlp / p_mlp))
+    keep_exact = ffn_width * (1 - (total - n_attn * p_attn) / (n * p_mlp))
+    if ffn_multiple == 1:
+        keep = keep_reference
+    else:  # the achieved sparsity is linear in k_keep: the nearest multiple is the closest to the request
+        keep = min(ffn_width, ffn_multiple * round(keep_exact / ffn_multiple))
+    if keep < 1:
+        raise InvalidOptionError(f"2SSP at sparsity {s} would keep {keep} FFN neurons per block; lower --sparsity"
+                                 + (f" or --ffn-multiple {ffn_multiple}" if ffn_multiple > 1 else ""))
+    return Balance(s, alpha, ffn_multiple, n, ffn_width, p_attn, p_mlp, p_main, n_attn, keep_exact,
+                   keep_reference, keep)
+
+
+# -- the method -----------------------------------------------------------------------------------------
+@register
+class TwoStageMethod(PruningMethod):
+    name = "2ssp"
+    summary = "two-stage: uniform FFN-neuron width pruning, then greedy removal of attention sub-modules"
+    paper = "Sandri et al., 2SSP: A Two-Stage Framework for Structured Pruning of LLMs (TMLR 2025), arXiv:2501.17771"
+    options = tuple(DEFAULTS)
+
+    def check_options(self, options: dict) -> None:
+        opts = {**DEFAULTS, **{k: v for k, v in options.items() if v is not None}}
+        if not opts["alpha"] > 0:
+            raise InvalidOptionError(f"--alpha {opts['alpha']}: must be positive (the reference uses 1.5)")
+        for key in ("calib_samples", "stage2_samples", "ffn_multiple", "stage2_batch"):
+            if int(opts[key]) < 1:
+                raise InvalidOptionError(f"--{key.replace('_', '-')} {opts[key]}: must be at least 1")
+        if opts["stage2_samples"] > opts["calib_samples"]:
+            raise InvalidOptionError("--stage2-samples cannot exceed --calib-samples (stage 2 uses the first windows)")
+        if opts["stage2"] not in ("cached", "naive"):
+            raise InvalidOptionError(f"--stage2 {opts['stage2']}: choose cached or naive")
+
+    def check_model(self, model, sparsity: float | None, options: dict) -> None:
+        self.budget(model, sparsity, {**DEFAULTS, **{k: v for k, v in options.items() if v is not None}})
+
+    @staticmethod
+    def budget(model, sparsity: float, opts: dict) -> Balance:
+        from ..families import get_family
+
+        p_attn, p_mlp, p_main = module_sizes(model)
+        return balance(sparsity=sparsity, num_layers=model.config.num_hidden_layers,
+                       ffn_width=get_family(model.config.model_type).ffn_width(model.config),
+                       attention_parameters=p_attn, mlp_parameters=p_mlp, decoder_parameters=p_main,
+                       alpha=float(opts["alpha"]), ffn_multiple=int(opts["ffn_multiple"]))
+
+    def select(self, context: PruneContext) -> PrunePlan:
+        import torch
+
+        from ..data import calibration_windows
+        from .twossp_stages import neuron_scores, remove_attention_cached, remove_attention_naive, top_neurons
+
+        opts = {key: context.option(key, default) for key, default in DEFAULTS.items()}
+        budget = self.budget(context.loaded.model, context.sparsity, opts)
+        calib = opts["calib_data"]
+        if calib == "auto":  # the reference's C4, except for the embedded model, which works offline
+            calib = "default" if context.loaded.source.reference == "default" else "c4"
+        windows, provenance = calibration_windows(context.loaded.tokenizer, calib, context.seq_len,
+                                                  int(opts["calib_samples"]), context.seed)
+        stack = context.stack()
+
+        started = time.perf_counter()
+        scores = neuron_scores(stack, windows)
+        kept = top_neurons(scores, budget.keep)
+        stage1 = {"seconds": time.perf_counter() - started, "block_forwards": stack.block_forwards}
+
+        keep = [torch.tensor(k, dtype=torch.long, device=stack.device) for k in kept]
+        stage2_windows = windows[: int(opts["stage2_samples"])]
+        stack.block_forwards = 0
+        started = time.perf_counter()
+        if budget.n_attn == 0:
+            removed, steps = [], []
+        elif opts["stage2"] == "naive":
+            removed, steps = remove_attention_naive(stack, stage2_windows, keep, budget.n_attn)
+        else:
+            removed, steps = remove_attention_cached(stack, stage2_windows, keep, budget.n_attn,
+                                                     batch=int(opts["stage2_batch"]))
+        stage2 = {"mode": opts["stage2"], "seconds": time.perf_counter() - started,
+                  "block_forwards": stack.block_forwards, "steps": steps}
+
+        summary = (f"removed attention in {len(removed)} blocks {sorted(removed)}, kept {budget.keep} of "
+                   f"{budget.ffn_width} FFN neurons per block; stage 1 {stage1['seconds']:.1f} s, "
+                   f"stage 2 {stage2['seconds']:.1f} s")
+        context.report.update(summary=summary, options=opts, balance=budget.to_dict(), calibration=provenance, stage1=stage1,
+                              stage2=stage2, removed_attention=removed)
+        return PrunePlan(keep_ffn_neurons=dict(enumerate(kept)), skip_attention=sorted(removed))
