@@ -26,12 +26,7 @@ from hubprune.data import calibration_windows
 from hubprune.families import get_family
 from hubprune.loading import LoadedModel, ModelSource, load_model, resolve_device
 from hubprune.methods.twossp import DEFAULTS, TwoStageMethod
-from hubprune.methods.twossp_stages import (
-    neuron_scores,
-    remove_attention_cached,
-    remove_attention_naive,
-    top_neurons,
-)
+from hubprune.methods.twossp_stages import remove_attention_naive, two_stages
 from hubprune.pipeline import environment, seed_everything
 from hubprune.sequential import DecoderStack, mlp_parameters
 
@@ -102,32 +97,21 @@ def bench_sparsity(loaded: LoadedModel, windows: torch.Tensor, sparsity: float, 
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     stack = DecoderStack(loaded)
-
-    synchronize(device)
-    start = time.perf_counter()
-    kept = top_neurons(neuron_scores(stack, windows), budget.keep)
-    synchronize(device)
-    stage1_seconds, stage1_forwards = time.perf_counter() - start, stack.block_forwards
-
-    keep = [torch.tensor(k, device=device) for k in kept]
-    stage2_windows = windows[:1]
-    stack.block_forwards = 0
-    synchronize(device)
-    start = time.perf_counter()
-    removed, steps = remove_attention_cached(stack, stage2_windows, keep, budget.n_attn, batch=args.stage2_batch)
-    synchronize(device)
-    stage2_seconds, stage2_forwards = time.perf_counter() - start, stack.block_forwards
-    heads = sum(len(step["candidates"]) for step in steps)
+    run = two_stages(stack, windows, keep=budget.keep, n_attn=budget.n_attn, stage2_batch=args.stage2_batch)
+    stage1, stage2 = run["stage1"], run["stage2"]
+    heads = sum(len(step["candidates"]) for step in stage2["steps"])
     peak = peak_bytes(device)
+    keep = [torch.tensor(k, device=device) for k in run["kept"]]
 
     unit = floor_unit_times(stack, windows, keep[0])
-    floor = stage1_forwards * unit["dense_block"] + stage2_forwards * unit["pruned_block"] + heads * unit["head"]
+    floor = (stage1["block_forwards"] * unit["dense_block"] + stage2["block_forwards"] * unit["pruned_block"]
+             + heads * unit["head"])
+    total = stage1["seconds"] + stage2["seconds"]
     result = {
-        "sparsity": sparsity, "n_attn": budget.n_attn, "k_keep": budget.keep, "removed_attention": removed,
-        "stage1_seconds": stage1_seconds, "stage2_seconds": stage2_seconds, "total_seconds": stage1_seconds + stage2_seconds,
-        "stage1_block_forwards": stage1_forwards, "stage2_block_forwards": stage2_forwards, "stage2_heads": heads,
-        "unit_seconds": unit, "floor_seconds": floor,
-        "ratio_to_floor": (stage1_seconds + stage2_seconds) / floor,
+        "sparsity": sparsity, "n_attn": budget.n_attn, "k_keep": budget.keep, "removed_attention": run["removed"],
+        "stage1_seconds": stage1["seconds"], "stage2_seconds": stage2["seconds"], "total_seconds": total,
+        "stage1_block_forwards": stage1["block_forwards"], "stage2_block_forwards": stage2["block_forwards"],
+        "stage2_heads": heads, "unit_seconds": unit, "floor_seconds": floor, "ratio_to_floor": total / floor,
         "peak_memory_bytes": peak,
         "peak_memory_kind": "torch.cuda.max_memory_allocated" if device.type == "cuda" else "process VmHWM (cumulative)",
     }
@@ -135,14 +119,14 @@ def bench_sparsity(loaded: LoadedModel, windows: torch.Tensor, sparsity: float, 
         naive_stack = DecoderStack(loaded)
         synchronize(device)
         start = time.perf_counter()
-        naive_removed, _ = remove_attention_naive(naive_stack, stage2_windows, keep, budget.n_attn)
+        naive_removed, _ = remove_attention_naive(naive_stack, windows[:1], keep, budget.n_attn)
         synchronize(device)
         naive_seconds = time.perf_counter() - start
         result["naive_stage2"] = {
             "seconds": naive_seconds, "block_forwards": naive_stack.block_forwards,
-            "same_choice": naive_removed == removed,
-            "block_forwards_saved_by_prefix_cache": naive_stack.block_forwards - stage2_forwards,
-            "speedup": naive_seconds / stage2_seconds,
+            "same_choice": naive_removed == run["removed"],
+            "block_forwards_saved_by_prefix_cache": naive_stack.block_forwards - stage2["block_forwards"],
+            "speedup": naive_seconds / stage2["seconds"],
         }
     return result
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, MistralConfig, Qwen2Config
+from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, MistralConfig, Phi3Config, Qwen2Config
 
 # Small but structurally faithful: GQA everywhere, Qwen2 q/k/v biases and mixed sliding/full layers,
-# Mistral sliding window, tied and untied embeddings.
+# Mistral and Phi-3 sliding window, Phi-3 fused q/k/v and gate/up projections, tied and untied embeddings.
 TINY_CONFIGS = {
     "llama": lambda: LlamaConfig(vocab_size=128, hidden_size=64, intermediate_size=96, num_hidden_layers=5,
                                  num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True,
@@ -19,6 +19,9 @@ TINY_CONFIGS = {
                                  num_attention_heads=4, num_key_value_heads=2, use_sliding_window=True,
                                  sliding_window=6, max_window_layers=2, tie_word_embeddings=False,
                                  pad_token_id=0, bos_token_id=1, eos_token_id=2),
+    "phi3": lambda: Phi3Config(vocab_size=128, hidden_size=64, intermediate_size=96, num_hidden_layers=5,
+                               num_attention_heads=4, num_key_value_heads=2, sliding_window=6,
+                               pad_token_id=0, bos_token_id=1, eos_token_id=2),
 }
 FAMILIES = sorted(TINY_CONFIGS)
 

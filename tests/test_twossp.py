@@ -203,12 +203,29 @@ def test_reloaded_output_gives_the_in_memory_logits(runs, embedded_model):
         torch.testing.assert_close(reloaded(ids).logits, in_memory(ids).logits, rtol=0, atol=1e-5)
 
 
+@pytest.mark.parametrize("config_class", [Phi3Config, Qwen2Config, MistralConfig])
+def test_every_family_prunes_and_reloads_with_the_in_memory_logits(tmp_path, config_class):
+    # Phi-3's fused gate_up_proj is sliced in both halves; Qwen2's q/k/v biases go with their attention.
+    source = calibratable_model(tmp_path / "src", config_class=config_class)
+    result = hubprune.prune(str(source), "2ssp", sparsity=0.4, output=tmp_path / "out", device="cpu", seq_len=64,
+                            options={"calib_samples": 2, "calib_data": "default", "ffn_multiple": 1})
+    plan = PrunePlan.load(tmp_path / "out" / "hubprune_plan.json")
+    assert plan.skip_attention and len(plan.keep_ffn_neurons) == 6
+    dense = AutoModelForCausalLM.from_pretrained(source).eval()
+    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / "out", trust_remote_code=True).eval()
+    ids = torch.arange(3, 40)[None]
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(ids).logits, apply_plan(dense, plan)(ids).logits, rtol=0, atol=1e-5)
+    assert abs(result.record["sparsity"]["achieved"] - 0.4) < 0.01
+
+
 # -- block by block --------------------------------------------------------------------------------------
-def calibratable_model(folder, *, layers=6, hidden=64, ffn=128, shard="50KB"):
-    """A random Llama with a real (tiny) tokenizer, saved in many small shards."""
+def calibratable_model(folder, *, layers=6, hidden=64, ffn=128, shard="50KB", config_class=LlamaConfig):
+    """A random model (Llama by default) with a real (tiny) tokenizer, saved in many small shards."""
     tokenizer = tiny_tokenizer()
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=ffn,
-                         num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2)
+    config = config_class(vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=ffn,
+                          num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2,
+                          pad_token_id=tokenizer.pad_token_id, bos_token_id=1, eos_token_id=2)
     torch.manual_seed(0)
     AutoModelForCausalLM.from_config(config).save_pretrained(folder, max_shard_size=shard)
     tokenizer.save_pretrained(folder)

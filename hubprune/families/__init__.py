@@ -5,9 +5,10 @@ from ..errors import UnsupportedArchitectureError
 from .base import Family
 from .llama import LlamaFamily
 from .mistral import MistralFamily
+from .phi3 import Phi3Family
 from .qwen2 import Qwen2Family
 
-FAMILIES: dict[str, Family] = {f.model_type: f for f in (LlamaFamily(), MistralFamily(), Qwen2Family())}
+FAMILIES: dict[str, Family] = {f.model_type: f for f in (LlamaFamily(), MistralFamily(), Qwen2Family(), Phi3Family())}
 
 
 def get_family(model_type: str) -> Family:

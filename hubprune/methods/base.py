@@ -33,10 +33,6 @@ class PruneContext:
 
         return DecoderStack(self.loaded)
 
-    def option(self, name: str, default):
-        value = self.options.get(name)
-        return default if value is None else value
-
 
 class PruningMethod(ABC):
     name: str = ""

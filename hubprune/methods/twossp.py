@@ -14,7 +14,6 @@ Differences from the reference code, all numerical or in speed, none in the proc
 """
 from __future__ import annotations
 
-import time
 from dataclasses import asdict, dataclass
 
 from ..errors import InvalidOptionError
@@ -101,7 +100,7 @@ class TwoStageMethod(PruningMethod):
     options = tuple(DEFAULTS)
 
     def check_options(self, options: dict) -> None:
-        opts = {**DEFAULTS, **{k: v for k, v in options.items() if v is not None}}
+        opts = with_defaults(options)
         if not opts["alpha"] > 0:
             raise InvalidOptionError(f"--alpha {opts['alpha']}: must be positive (the reference uses 1.5)")
         for key in ("calib_samples", "stage2_samples", "ffn_multiple", "stage2_batch"):
@@ -113,7 +112,7 @@ class TwoStageMethod(PruningMethod):
             raise InvalidOptionError(f"--stage2 {opts['stage2']}: choose cached or naive")
 
     def check_model(self, model, sparsity: float | None, options: dict) -> None:
-        self.budget(model, sparsity, {**DEFAULTS, **{k: v for k, v in options.items() if v is not None}})
+        self.budget(model, sparsity, with_defaults(options))
 
     @staticmethod
     def budget(model, sparsity: float, opts: dict) -> Balance:
@@ -126,42 +125,28 @@ class TwoStageMethod(PruningMethod):
                        alpha=float(opts["alpha"]), ffn_multiple=int(opts["ffn_multiple"]))
 
     def select(self, context: PruneContext) -> PrunePlan:
-        import torch
-
         from ..data import calibration_windows
-        from .twossp_stages import neuron_scores, remove_attention_cached, remove_attention_naive, top_neurons
+        from .twossp_stages import two_stages
 
-        opts = {key: context.option(key, default) for key, default in DEFAULTS.items()}
+        opts = with_defaults(context.options)
         budget = self.budget(context.loaded.model, context.sparsity, opts)
         calib = opts["calib_data"]
         if calib == "auto":  # the reference's C4, except for the embedded model, which works offline
             calib = "default" if context.loaded.source.reference == "default" else "c4"
         windows, provenance = calibration_windows(context.loaded.tokenizer, calib, context.seq_len,
                                                   int(opts["calib_samples"]), context.seed)
-        stack = context.stack()
+        result = two_stages(context.stack(), windows, keep=budget.keep, n_attn=budget.n_attn,
+                            stage2_samples=int(opts["stage2_samples"]), stage2=opts["stage2"],
+                            stage2_batch=int(opts["stage2_batch"]))
+        removed = sorted(result["removed"])
+        summary = (f"removed attention in {len(removed)} blocks {removed}, kept {budget.keep} of "
+                   f"{budget.ffn_width} FFN neurons per block; stage 1 {result['stage1']['seconds']:.1f} s, "
+                   f"stage 2 {result['stage2']['seconds']:.1f} s")
+        context.report.update(summary=summary, options=opts, balance=budget.to_dict(), calibration=provenance,
+                              stage1=result["stage1"], stage2=result["stage2"], removed_attention=result["removed"])
+        return PrunePlan(keep_ffn_neurons=dict(enumerate(result["kept"])), skip_attention=removed)
 
-        started = time.perf_counter()
-        scores = neuron_scores(stack, windows)
-        kept = top_neurons(scores, budget.keep)
-        stage1 = {"seconds": time.perf_counter() - started, "block_forwards": stack.block_forwards}
 
-        keep = [torch.tensor(k, dtype=torch.long, device=stack.device) for k in kept]
-        stage2_windows = windows[: int(opts["stage2_samples"])]
-        stack.block_forwards = 0
-        started = time.perf_counter()
-        if budget.n_attn == 0:
-            removed, steps = [], []
-        elif opts["stage2"] == "naive":
-            removed, steps = remove_attention_naive(stack, stage2_windows, keep, budget.n_attn)
-        else:
-            removed, steps = remove_attention_cached(stack, stage2_windows, keep, budget.n_attn,
-                                                     batch=int(opts["stage2_batch"]))
-        stage2 = {"mode": opts["stage2"], "seconds": time.perf_counter() - started,
-                  "block_forwards": stack.block_forwards, "steps": steps}
-
-        summary = (f"removed attention in {len(removed)} blocks {sorted(removed)}, kept {budget.keep} of "
-                   f"{budget.ffn_width} FFN neurons per block; stage 1 {stage1['seconds']:.1f} s, "
-                   f"stage 2 {stage2['seconds']:.1f} s")
-        context.report.update(summary=summary, options=opts, balance=budget.to_dict(), calibration=provenance, stage1=stage1,
-                              stage2=stage2, removed_attention=removed)
-        return PrunePlan(keep_ffn_neurons=dict(enumerate(kept)), skip_attention=sorted(removed))
+def with_defaults(options: dict) -> dict:
+    """The job's 2SSP options, unset ones filled with the reference defaults."""
+    return {**DEFAULTS, **{k: v for k, v in options.items() if k in DEFAULTS and v is not None}}

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import time
 
 import torch
 from tqdm.auto import tqdm
@@ -119,3 +120,33 @@ def remove_attention_naive(stack: DecoderStack, windows: torch.Tensor, keep: lis
         removed.append(best)
         steps.append({"removed": best, "perplexity": ppl[best], "candidates": {str(l): p for l, p in ppl.items()}})
     return removed, steps
+
+
+def _now(device: torch.device) -> float:
+    if device.type == "cuda":  # kernels are asynchronous: a stage ends when the device is done
+        torch.cuda.synchronize(device)
+    return time.perf_counter()
+
+
+def two_stages(stack: DecoderStack, windows: torch.Tensor, *, keep: int, n_attn: int, stage2_samples: int = 1,
+               stage2: str = "cached", stage2_batch: int = 8, progress: bool = True) -> dict:
+    """Stage 1 on all `windows`, then stage 2 on the first `stage2_samples` of them. Returns the kept
+    neurons per block, the removed attention layers, and each stage's wall time and block forwards."""
+    started = _now(stack.device)
+    kept = top_neurons(neuron_scores(stack, windows, progress=progress), keep)
+    stage1 = {"seconds": _now(stack.device) - started, "block_forwards": stack.block_forwards}
+
+    keep_index = [torch.tensor(k, dtype=torch.long, device=stack.device) for k in kept]
+    stage2_windows = windows[:stage2_samples]
+    stack.block_forwards = 0
+    started = _now(stack.device)
+    if n_attn == 0:
+        removed, steps = [], []
+    elif stage2 == "naive":
+        removed, steps = remove_attention_naive(stack, stage2_windows, keep_index, n_attn, progress=progress)
+    else:
+        removed, steps = remove_attention_cached(stack, stage2_windows, keep_index, n_attn, batch=stage2_batch,
+                                                 progress=progress)
+    stage2_record = {"mode": stage2, "seconds": _now(stack.device) - started, "block_forwards": stack.block_forwards,
+                     "steps": steps}
+    return {"kept": kept, "removed": removed, "stage1": stage1, "stage2": stage2_record}

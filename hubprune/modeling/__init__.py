@@ -2,8 +2,13 @@
 into every exported model folder (remote code); they import nothing from hubprune."""
 from pathlib import Path
 
-from .configuration_hubprune import HubPruneLlamaConfig, HubPruneMistralConfig, HubPruneQwen2Config
-from .modeling_hubprune import HubPruneLlamaForCausalLM, HubPruneMistralForCausalLM, HubPruneQwen2ForCausalLM
+from .configuration_hubprune import HubPruneLlamaConfig, HubPruneMistralConfig, HubPrunePhi3Config, HubPruneQwen2Config
+from .modeling_hubprune import (
+    HubPruneLlamaForCausalLM,
+    HubPruneMistralForCausalLM,
+    HubPrunePhi3ForCausalLM,
+    HubPruneQwen2ForCausalLM,
+)
 
 REMOTE_CODE_FILES = tuple(Path(__file__).parent / name for name in ("configuration_hubprune.py", "modeling_hubprune.py"))
 
@@ -12,7 +17,9 @@ __all__ = [
     "HubPruneLlamaConfig",
     "HubPruneMistralConfig",
     "HubPruneQwen2Config",
+    "HubPrunePhi3Config",
     "HubPruneLlamaForCausalLM",
     "HubPruneMistralForCausalLM",
     "HubPruneQwen2ForCausalLM",
+    "HubPrunePhi3ForCausalLM",
 ]

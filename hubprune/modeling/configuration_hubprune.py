@@ -9,7 +9,7 @@
 # (the key names follow the vLLM "AnyModel"/DeciLM schema). `no_op` means the sub-module is skipped
 # entirely: a block with `attention.no_op` has no q/k/v/o weights, no input norm and no KV-cache entry.
 from huggingface_hub.dataclasses import strict
-from transformers import LlamaConfig, MistralConfig, Qwen2Config
+from transformers import LlamaConfig, MistralConfig, Phi3Config, Qwen2Config
 
 NO_ATTENTION_LAYER_TYPE = "mlp"  # transformers maps it to a DummyLayer cache entry that stores nothing
 
@@ -79,4 +79,12 @@ class HubPruneQwen2Config(_HubPruneConfigMixin, Qwen2Config):
     hubprune: dict | None = None
 
 
-__all__ = ["HubPruneLlamaConfig", "HubPruneMistralConfig", "HubPruneQwen2Config"]
+@strict
+class HubPrunePhi3Config(_HubPruneConfigMixin, Phi3Config):
+    model_type = "hubprune_phi3"
+    block_configs: list | None = None
+    layer_types: list | None = None
+    hubprune: dict | None = None
+
+
+__all__ = ["HubPruneLlamaConfig", "HubPruneMistralConfig", "HubPrunePhi3Config", "HubPruneQwen2Config"]

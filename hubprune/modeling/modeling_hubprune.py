@@ -24,9 +24,9 @@ from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutpu
 from transformers.modeling_utils import PreTrainedModel, slice_logits_to_keep
 from transformers.utils.deprecation import deprecate_kwarg
 
-from .configuration_hubprune import HubPruneLlamaConfig, HubPruneMistralConfig, HubPruneQwen2Config
+from .configuration_hubprune import HubPruneLlamaConfig, HubPruneMistralConfig, HubPrunePhi3Config, HubPruneQwen2Config
 
-_STOCK = {"llama": "Llama", "mistral": "Mistral", "qwen2": "Qwen2"}
+_STOCK = {"llama": "Llama", "mistral": "Mistral", "qwen2": "Qwen2", "phi3": "Phi3"}
 
 
 def _stock(family: str, name: str):
@@ -223,4 +223,8 @@ class HubPruneQwen2ForCausalLM(HubPruneForCausalLM):
     config_class = HubPruneQwen2Config
 
 
-__all__ = ["HubPruneLlamaForCausalLM", "HubPruneMistralForCausalLM", "HubPruneQwen2ForCausalLM"]
+class HubPrunePhi3ForCausalLM(HubPruneForCausalLM):
+    config_class = HubPrunePhi3Config
+
+
+__all__ = ["HubPruneLlamaForCausalLM", "HubPruneMistralForCausalLM", "HubPrunePhi3ForCausalLM", "HubPruneQwen2ForCausalLM"]

@@ -1,0 +1,20 @@
+import torch
+
+from .base import Family
+
+
+class Phi3Family(Family):
+    """Phi-3 (fused q/k/v and fused gate/up projections; optional sliding window on every layer)."""
+
+    model_type = "phi3"
+    pruned_class_prefix = "Phi3"
+    ffn_rows = ("mlp.gate_up_proj",)
+
+    def slice_ffn(self, tensors: dict[str, torch.Tensor], keep: torch.Tensor) -> dict[str, torch.Tensor]:
+        # gate_up_proj stacks the gate rows [0, F) over the up rows [F, 2F): keep neuron j in both halves.
+        width = tensors["mlp.down_proj.weight"].shape[1]
+        fused = tensors["mlp.gate_up_proj.weight"]
+        keep = keep.to(fused.device)
+        out = super().slice_ffn({k: v for k, v in tensors.items() if k != "mlp.gate_up_proj.weight"}, keep)
+        out["mlp.gate_up_proj.weight"] = fused.index_select(0, torch.cat([keep, keep + width]))
+        return out
