@@ -76,7 +76,8 @@ def _ppl_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("perplexity")
     group.add_argument("--ppl", type=_csv, default=[], metavar="CORPORA",
                        help="comma-separated: default, wikitext2, c4, fineweb-edu, or a .txt/.jsonl file")
-    group.add_argument("--seq-len", type=int, default=2048, help="tokens per window [2048]")
+    group.add_argument("--seq-len", type=int, default=2048,
+                       help="tokens per window, for perplexity and for calibration [2048]")
     group.add_argument("--max-windows", type=int, help="evaluate at most this many windows per corpus")
 
 
