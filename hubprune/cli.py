@@ -52,7 +52,7 @@ class _Parser(argparse.ArgumentParser):
 
 # Method-specific flags, passed to the method as options (a method refuses the ones it does not take).
 METHOD_OPTIONS = ("plan", "calib_data", "calib_samples", "ffn_multiple", "alpha", "stage2_samples", "stage2",
-                  "stage2_batch")
+                  "stage2_batch", "shortgpt_tokens")
 
 
 def _csv(value: str) -> list[str]:
@@ -105,7 +105,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--calib-data", metavar="NAME|FILE",
                    help="calibration text: c4 (the reference), default (embedded), wikitext2, or a .txt/.jsonl file "
                         "[auto: c4, or default for MODEL=default]")
-    c.add_argument("--calib-samples", type=int, metavar="N", help="calibration windows of --seq-len tokens [32]")
+    c.add_argument("--calib-samples", type=int, metavar="N",
+                   help="calibration windows of --seq-len tokens [2ssp: 32, shortgpt / window: 256]")
     c.add_argument("--ffn-multiple", type=int, metavar="M",
                    help="round kept FFN widths to a multiple of M; unaligned widths run slower on GPUs, "
                         "1 reproduces the paper exactly [8]")
@@ -117,6 +118,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="cached: reuse the outputs of unchanged blocks and batch candidates; "
                         "naive: one full forward per candidate, as the reference code [cached]")
     t.add_argument("--stage2-batch", type=int, metavar="B", help="candidates run through a block together [8]")
+    b = p.add_argument_group("shortgpt")
+    b.add_argument("--shortgpt-tokens", choices=["last", "all"],
+                   help="block influence from the last token of each window (the 2SSP reference) or from every "
+                        "token (the ShortGPT paper) [last]")
     _ppl_options(p)
 
     e = sub.add_parser("eval", help="perplexity of a model (dense or pruned)",

@@ -27,6 +27,15 @@ class PruneContext:
     seq_len: int = 2048
     report: dict = field(default_factory=dict)
 
+    def calibration(self, name: str, count: int):
+        """`count` calibration windows of `seq_len` tokens and their provenance. `auto` is the
+        reference's C4, except for the embedded default model, whose corpus works offline."""
+        from ..data import calibration_windows
+
+        if name == "auto":
+            name = "default" if self.loaded.source.reference == "default" else "c4"
+        return calibration_windows(self.loaded.tokenizer, name, self.seq_len, count, self.seed)
+
     def stack(self) -> DecoderStack:
         """Block-by-block access to the model (streamed from its shards when loaded with offload)."""
         from ..sequential import DecoderStack

@@ -125,16 +125,11 @@ class TwoStageMethod(PruningMethod):
                        alpha=float(opts["alpha"]), ffn_multiple=int(opts["ffn_multiple"]))
 
     def select(self, context: PruneContext) -> PrunePlan:
-        from ..data import calibration_windows
         from .twossp_stages import two_stages
 
         opts = with_defaults(context.options)
         budget = self.budget(context.loaded.model, context.sparsity, opts)
-        calib = opts["calib_data"]
-        if calib == "auto":  # the reference's C4, except for the embedded model, which works offline
-            calib = "default" if context.loaded.source.reference == "default" else "c4"
-        windows, provenance = calibration_windows(context.loaded.tokenizer, calib, context.seq_len,
-                                                  int(opts["calib_samples"]), context.seed)
+        windows, provenance = context.calibration(opts["calib_data"], int(opts["calib_samples"]))
         result = two_stages(context.stack(), windows, keep=budget.keep, n_attn=budget.n_attn,
                             stage2_samples=int(opts["stage2_samples"]), stage2=opts["stage2"],
                             stage2_batch=int(opts["stage2_batch"]))
