@@ -26,7 +26,7 @@ from hubprune.data import calibration_windows
 from hubprune.families import get_family
 from hubprune.loading import LoadedModel, ModelSource, load_model, resolve_device
 from hubprune.methods.twossp import DEFAULTS, TwoStageMethod
-from hubprune.methods.twossp_stages import remove_attention_naive, two_stages
+from hubprune.methods.twossp_stages import remove_attention, two_stages
 from hubprune.pipeline import environment, seed_everything
 from hubprune.sequential import DecoderStack, mlp_parameters
 
@@ -119,7 +119,7 @@ def bench_sparsity(loaded: LoadedModel, windows: torch.Tensor, sparsity: float, 
         naive_stack = DecoderStack(loaded)
         synchronize(device)
         start = time.perf_counter()
-        naive_removed, _ = remove_attention_naive(naive_stack, windows[:1], keep, budget.n_attn)
+        naive_removed, _ = remove_attention(naive_stack, windows[:1], keep, budget.n_attn, mode="naive")
         synchronize(device)
         naive_seconds = time.perf_counter() - start
         result["naive_stage2"] = {

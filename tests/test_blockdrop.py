@@ -110,3 +110,35 @@ def test_removing_every_block_is_refused_before_loading(tmp_path):
                           "--sparsity", "0.95", "-o", str(tmp_path / "out")], capture_output=True, text=True)
     assert out.returncode == 2 and "would remove all 5 blocks" in out.stderr
     assert len(out.stderr.strip().splitlines()) == 1 and not (tmp_path / "out").exists()
+
+
+def test_blockpruner_equals_brute_force_greedy_search(embedded_model, tmp_path):
+    """One round (attention, then MLP) on one 64-token window, against the stock model with the chosen
+    sub-modules bypassed by output hooks and a whole-model forward per candidate."""
+    from hubprune.data import calibration_windows
+    from hubprune.evaluation import perplexity
+
+    result = hubprune.prune("default", "blockpruner", sparsity=0.03, output=tmp_path / "bp", seq_len=64,
+                            options={"calib_samples": 1}, loaded=embedded_model)
+    window, _ = calibration_windows(embedded_model.tokenizer, "default", 64, 1)
+    model = embedded_model.model
+    zero = lambda _module, _args, out: (torch.zeros_like(out[0]), out[1]) if isinstance(out, tuple) else torch.zeros_like(out)  # noqa: E731
+    module = lambda layer, kind: getattr(model.model.layers[layer], "self_attn" if kind == "attention" else "mlp")  # noqa: E731
+    removed: list[tuple[int, str]] = []
+    for kind in ("attention", "mlp"):  # k = ceil(0.03 * 30) = 1 round
+        ppl = {}
+        for layer in range(N):
+            handles = [module(l, k).register_forward_hook(zero) for l, k in removed + [(layer, kind)]]
+            ppl[layer] = perplexity(model, window, progress=False).perplexity
+            for handle in handles:
+                handle.remove()
+        removed.append((min(sorted(ppl), key=ppl.get), kind))
+    plan = PrunePlan.load(tmp_path / "bp" / "hubprune_plan.json")
+    expected = PrunePlan(skip_attention=[l for l, k in removed if k == "attention"],
+                         skip_mlp=[l for l, k in removed if k == "mlp"]).normalized(N)
+    assert plan == expected
+    assert [tuple(s["removed"]) for s in result.record["method_report"]["steps"]] == [(l, k) for l, k in removed]
+    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / "bp", trust_remote_code=True).eval()
+    ids = torch.arange(100, 150)[None]
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(ids).logits, apply_plan(model, plan)(ids).logits, rtol=0, atol=1e-5)

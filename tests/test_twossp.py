@@ -21,12 +21,7 @@ from hubprune.data import calibration_windows
 from hubprune.errors import InvalidOptionError
 from hubprune.evaluation import perplexity
 from hubprune.methods.twossp import balance, module_sizes
-from hubprune.methods.twossp_stages import (
-    neuron_scores,
-    remove_attention_cached,
-    remove_attention_naive,
-    top_neurons,
-)
+from hubprune.methods.twossp_stages import neuron_scores, remove_attention, top_neurons
 from hubprune.plan import PrunePlan
 from hubprune.sequential import DecoderStack
 from hubprune.surgery import apply_plan
@@ -127,8 +122,8 @@ def test_stage2_choice_equals_brute_force_greedy_search(embedded_model, calibrat
     keep = [torch.tensor(k) for k in kept]
     window = calibration[:1, :STAGE2_LEN]
     cached_stack, naive_stack = DecoderStack(embedded_model), DecoderStack(embedded_model)
-    cached, cached_steps = remove_attention_cached(cached_stack, window, keep, 2, batch=4, progress=False)
-    naive, naive_steps = remove_attention_naive(naive_stack, window, keep, 2, progress=False)
+    cached, cached_steps = remove_attention(cached_stack, window, keep, 2, batch=4, progress=False)
+    naive, naive_steps = remove_attention(naive_stack, window, keep, 2, mode="naive", progress=False)
 
     # Independent: the width-pruned model as stock transformers, attention bypassed by output hooks.
     width_pruned = apply_plan(embedded_model.model, PrunePlan(keep_ffn_neurons=dict(enumerate(kept))))
@@ -145,7 +140,7 @@ def test_stage2_choice_equals_brute_force_greedy_search(embedded_model, calibrat
                 handle.remove()
         removed.append(min(sorted(ppl), key=ppl.get))  # strict: the first (lowest) index among equals
         for steps in (cached_steps, naive_steps):
-            got = {int(l): p for l, p in steps[step]["candidates"].items()}
+            got = {int(key.removesuffix(".attention")): p for key, p in steps[step]["candidates"].items()}
             assert got == pytest.approx(ppl, rel=1e-5)
     assert cached == naive == removed
     # Work done: naive runs all 30 blocks per candidate; cached runs each candidate from its own layer

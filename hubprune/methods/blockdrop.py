@@ -18,7 +18,9 @@ def blocks_to_remove(sparsity: float, num_layers: int) -> int:
     return math.ceil(round(sparsity * num_layers, 9))
 
 
-class _BlockDropMethod(PruningMethod):
+class BlockBudgetMethod(PruningMethod):
+    """A method whose budget is k = ceil(s·N) blocks' worth (whole blocks, or k attention + k MLPs)."""
+
     defaults: dict = {"calib_data": "auto", "calib_samples": 256}
 
     def with_defaults(self, options: dict) -> dict:
@@ -36,11 +38,11 @@ class _BlockDropMethod(PruningMethod):
 
 
 @register
-class ShortGPT(_BlockDropMethod):
+class ShortGPT(BlockBudgetMethod):
     name = "shortgpt"
     summary = "remove the k whole blocks whose output changes their input least (block influence)"
     paper = "Men et al., ShortGPT: Layers in Large Language Models are More Redundant Than You Expect (2024), arXiv:2403.03853"
-    defaults = {**_BlockDropMethod.defaults, "shortgpt_tokens": "last"}
+    defaults = {**BlockBudgetMethod.defaults, "shortgpt_tokens": "last"}
     options = tuple(defaults)
 
     def check_options(self, options: dict) -> None:
@@ -72,11 +74,11 @@ class ShortGPT(_BlockDropMethod):
 
 
 @register
-class WindowMethod(_BlockDropMethod):
+class WindowMethod(BlockBudgetMethod):
     name = "window"
     summary = "remove the k consecutive blocks whose input and output are most similar (Gromov et al.)"
     paper = "Gromov et al., The Unreasonable Ineffectiveness of the Deeper Layers (2024), arXiv:2403.17887"
-    options = tuple(_BlockDropMethod.defaults)
+    options = tuple(BlockBudgetMethod.defaults)
 
     def select(self, context: PruneContext) -> PrunePlan:
         from .block_similarity import block_outputs_last_token, mean_cosine

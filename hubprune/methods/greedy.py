@@ -1,0 +1,115 @@
+"""Greedy removal of sub-modules by perplexity, shared by 2SSP's stage 2 and BlockPruner.
+
+Each step bypasses, one at a time, every sub-module still present among the step's kinds
+("attention", "mlp"), scores the perplexity of the calibration window(s) with the removals so far plus
+that candidate, and removes the best one: the lowest perplexity, compared in (layer, kind) order with
+a strict '<', so a tie keeps the lower layer (attention before MLP in the same layer).
+
+`greedy_cached` visits each block once per step. `base[j]`, block j's input under the removals so
+far, does not depend on later candidates, so a candidate at layer l starts from `base[l]` instead of
+the embeddings; at block j the candidates started earlier pass through together (batched), and the
+candidates at j start. After a step only the inputs behind the removed layer change, so only those are
+recomputed. `greedy_naive` is the reference procedure: a full forward per candidate.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from tqdm.auto import tqdm
+
+from ..sequential import DecoderStack, mlp_parameters
+
+KINDS = ("attention", "mlp")
+Candidate = tuple[int, str]  # (layer, kind)
+
+
+def _pick(perplexities: dict[Candidate, float]) -> Candidate:
+    best, best_ppl = None, math.inf
+    for candidate in sorted(perplexities, key=lambda c: (c[0], KINDS.index(c[1]))):
+        if perplexities[candidate] < best_ppl:
+            best, best_ppl = candidate, perplexities[candidate]
+    return best
+
+
+def _step_record(best: Candidate, perplexities: dict[Candidate, float]) -> dict:
+    return {"removed": list(best), "perplexity": perplexities[best],
+            "candidates": {f"{layer}.{kind}": p for (layer, kind), p in perplexities.items()}}
+
+
+def _skips(layer: int, removed: set[Candidate], extra: str | None = None) -> dict:
+    return {"skip_attention": (layer, "attention") in removed or extra == "attention",
+            "skip_mlp": (layer, "mlp") in removed or extra == "mlp"}
+
+
+def _batched(stack: DecoderStack, layer, index: int, states: list[torch.Tensor], batch: int, **kwargs):
+    """Run `states` (each [windows, seq, d]) through one block, at most `batch` of them at a time."""
+    out = []
+    for start in range(0, len(states), batch):
+        group = states[start:start + batch]
+        result = stack.run(layer, index, torch.cat(group), **kwargs)
+        out.extend(result.split([g.shape[0] for g in group]))
+    return out
+
+
+@torch.no_grad()
+def greedy_cached(stack: DecoderStack, windows: torch.Tensor, schedule: list[tuple[str, ...]], *,
+                  keep: list[torch.Tensor] | None = None, batch: int = 8, progress: bool = True,
+                  desc: str = "greedy removal") -> tuple[list[Candidate], list[dict]]:
+    """One removal per entry of `schedule` (the kinds it may remove). `keep` narrows each block's FFN."""
+    n = stack.num_layers
+    tokens = windows.shape[0] * (windows.shape[1] - 1)
+    removed: list[Candidate] = []
+    steps: list[dict] = []
+    base: list[torch.Tensor | None] = [stack.embed(windows)] + [None] * (n - 1)
+    stale_from = 0  # base[j + 1] is recomputed for j >= stale_from
+    for kinds in tqdm(schedule, desc=desc, disable=not progress, leave=False):
+        done = set(removed)
+        active: list[tuple[Candidate, torch.Tensor]] = []
+        for j in range(n):
+            with stack.block(j) as layer:
+                params = mlp_parameters(layer, stack.family, None if keep is None else keep[j])
+                carried = [state for _, state in active]
+                refresh = stale_from <= j < n - 1
+                if refresh:
+                    carried.append(base[j])
+                outputs = _batched(stack, layer, j, carried, batch, mlp_params=params, **_skips(j, done))
+                if refresh:
+                    base[j + 1] = outputs.pop()
+                active = [(c, out) for (c, _), out in zip(active, outputs)]
+                for kind in kinds:
+                    if (j, kind) not in done:
+                        state = stack.run(layer, j, base[j], mlp_params=params, **_skips(j, done, kind))
+                        active.append(((j, kind), state))
+        ppl = {c: math.exp(stack.nll(state, windows).item() / tokens) for c, state in active}
+        best = _pick(ppl)
+        removed.append(best)
+        stale_from = best[0]
+        steps.append(_step_record(best, ppl))
+    return removed, steps
+
+
+@torch.no_grad()
+def greedy_naive(stack: DecoderStack, windows: torch.Tensor, schedule: list[tuple[str, ...]], *,
+                 keep: list[torch.Tensor] | None = None, progress: bool = True,
+                 desc: str = "greedy removal (naive)") -> tuple[list[Candidate], list[dict]]:
+    """The reference procedure: one full forward per candidate and step."""
+    n = stack.num_layers
+    tokens = windows.shape[0] * (windows.shape[1] - 1)
+    removed: list[Candidate] = []
+    steps: list[dict] = []
+    for kinds in tqdm(schedule, desc=desc, disable=not progress, leave=False):
+        done = set(removed)
+        ppl = {}
+        for candidate in ((l, k) for l in range(n) for k in kinds if (l, k) not in done):
+            hidden = stack.embed(windows)
+            for j in range(n):
+                with stack.block(j) as layer:
+                    extra = candidate[1] if candidate[0] == j else None
+                    hidden = stack.run(layer, j, hidden, **_skips(j, done, extra),
+                                       mlp_params=mlp_parameters(layer, stack.family, None if keep is None else keep[j]))
+            ppl[candidate] = math.exp(stack.nll(hidden, windows).item() / tokens)
+        best = _pick(ppl)
+        removed.append(best)
+        steps.append(_step_record(best, ppl))
+    return removed, steps
