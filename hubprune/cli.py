@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 
 from . import __version__
@@ -100,7 +101,8 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--plan", help="plan file for --method manual (JSON or YAML, format below)")
     m.add_argument("--offload", action="store_true",
                    help="never load the whole model: stream one block at a time from the safetensors shards "
-                        "(peak memory about one block plus embeddings and activations; for models larger than the device)")
+                        "(peak memory about one block plus embeddings and activations). Without it, this happens "
+                        "only when the model does not fit in memory")
     c = p.add_argument_group("calibration (calibrating methods)")
     c.add_argument("--calib-data", metavar="NAME|FILE",
                    help="calibration text: c4 (the reference), default (embedded), wikitext2, or a .txt/.jsonl file "
@@ -164,7 +166,7 @@ def _run(args: argparse.Namespace) -> None:
         result = prune(args.model, args.method, output=args.output, sparsity=args.sparsity, options=options,
                        device=args.device, dtype=args.dtype, seed=args.seed, revision=args.revision,
                        token=args.token, ppl=args.ppl, seq_len=args.seq_len, max_windows=args.max_windows,
-                       offload=args.offload, overwrite=args.overwrite)
+                       offload=True if args.offload else None, overwrite=args.overwrite)
         record = result.record
         sparsity = record["sparsity"]
         requested = f" (requested {sparsity['requested']:.2%})" if sparsity["requested"] is not None else ""
@@ -190,6 +192,7 @@ def _run(args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    logging.basicConfig(format="hubprune: %(message)s", level=logging.WARNING)
     try:
         _run(args)
     except HubPruneError as exc:

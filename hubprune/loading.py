@@ -3,10 +3,11 @@ fits before loading it, and load it with its tokenizer on the requested device a
 from __future__ import annotations
 
 import errno
+import logging
 import os
 import shutil
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -34,6 +35,7 @@ HUB_FILE_PATTERNS = ["*.safetensors", "*.safetensors.index.json", "config.json",
                      "tokenizer*", "special_tokens_map.json", "*.model", "vocab.*", "merges.txt", "*.py"]
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 GiB = 1024**3
+logger = logging.getLogger("hubprune")
 OFFLINE_ERRORS = (hub_errors.LocalEntryNotFoundError, hub_errors.OfflineModeIsEnabled, ConnectionError)
 
 
@@ -57,7 +59,6 @@ class LoadedModel:
     source: ModelSource
     device: torch.device
     dtype: torch.dtype
-    notes: list[str] = field(default_factory=list)
     # Set when loaded with `offload`: `model` is then a weightless (meta) skeleton and the blocks are
     # read from these shards one at a time (see `sequential.DecoderStack`).
     shards: ShardReader | None = None
@@ -235,19 +236,28 @@ def preflight(config: PretrainedConfig, dtype: torch.dtype, device: torch.device
 
 
 def load_model(reference: str, *, device: str = "auto", dtype: str = "auto", revision: str | None = None,
-               token: str | None = None, output: Path | None = None, offload: bool = False,
+               token: str | None = None, output: Path | None = None, offload: bool | None = False,
                check: Callable[[PreTrainedModel], None] | None = None) -> LoadedModel:
     """Resolve, check and load a supported causal LM with its tokenizer.
 
     With `offload`, no block is loaded: the model is a weightless skeleton whose blocks
-    `sequential.DecoderStack` streams from the safetensors shards one at a time. `check` receives
-    that weightless model before any weight is read (e.g. a method refusing an infeasible budget)."""
+    `sequential.DecoderStack` streams from the safetensors shards one at a time. `offload=None`
+    streams only when the model does not fit in memory but one block does. `check` receives the
+    weightless model before any weight is read (e.g. a method refusing an infeasible budget)."""
     source = resolve_model(reference, revision=revision, token=token)
     config = load_config(source)
     family = get_family(config.model_type)  # refuses unsupported families before loading any weight
     torch_device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, config)
-    preflight(config, torch_dtype, torch_device, output, offload=offload).check(output=output)
+    try:
+        preflight(config, torch_dtype, torch_device, output, offload=bool(offload)).check(output=output)
+    except InsufficientResourcesError:
+        if offload is not None or source.gguf_file:
+            raise
+        preflight(config, torch_dtype, torch_device, output, offload=True).check(output=output)
+        logger.warning("the model does not fit in memory: its blocks are streamed from the shards one at a time "
+                       "(as with --offload)")
+        offload = True
     if offload and source.gguf_file:
         raise InvalidOptionError("--offload streams safetensors shards; a .gguf file cannot be streamed "
                                  "(convert it once with `hubprune prune` without --offload, or use the original repo)")

@@ -51,7 +51,7 @@ class PruneJob:
     ppl: list[str] = field(default_factory=list)  # corpora to evaluate dense and pruned on
     seq_len: int = 2048
     max_windows: int | None = None
-    offload: bool = False  # stream blocks from the checkpoint's shards instead of loading the model
+    offload: bool | None = None  # stream blocks from the shards: True always, None when the model does not fit
     overwrite: bool = False
 
     def validate(self) -> None:
@@ -116,12 +116,12 @@ def perplexities(loaded: LoadedModel, corpora: list[str], *, seq_len: int, max_w
 def prune(model: str, method: str = "manual", *, output: str | Path, sparsity: float | None = None,
           options: dict | None = None, device: str = "auto", dtype: str = "auto", seed: int = 0,
           revision: str | None = None, token: str | None = None, ppl: list[str] | None = None,
-          seq_len: int = 2048, max_windows: int | None = None, offload: bool = False, overwrite: bool = False,
+          seq_len: int = 2048, max_windows: int | None = None, offload: bool | None = None, overwrite: bool = False,
           loaded: LoadedModel | None = None) -> PruneResult:
     """Prune `model` with `method` and write the result to `output` (atomically).
 
     With `offload`, the model is never loaded whole: calibration, export and evaluation stream one block
-    at a time from the safetensors shards. `loaded` lets a caller that already holds the model (tests,
+    at a time from the safetensors shards (None: only when the model does not fit in memory). `loaded` lets a caller that already holds the model (tests,
     notebooks) skip loading it again."""
     job = PruneJob(model=model, method=method, output=str(output), sparsity=sparsity, options=dict(options or {}),
                    device=device, dtype=dtype, seed=seed, revision=revision, ppl=list(ppl or []),
@@ -151,6 +151,7 @@ def prune(model: str, method: str = "manual", *, output: str | Path, sparsity: f
         "source": {"reference": loaded.source.reference, "repo_id": loaded.source.repo_id,
                    "revision": loaded.source.revision, "model_type": dense.config.model_type,
                    "dtype": str(loaded.dtype).removeprefix("torch.")},
+        "streamed_block_by_block": loaded.shards is not None,
         "method_report": context.report,
         "environment": environment(loaded.device),
     }
@@ -216,7 +217,7 @@ def evaluate(model: str, *, ppl: list[str], output: str | Path | None = None, de
     results_path = Path(output) / "results.json" if output else None
     if results_path is not None and results_path.exists() and not overwrite:
         raise InvalidOptionError(f"{results_path} already exists; pass --overwrite to replace it")
-    loaded = load_model(model, device=device, dtype=dtype, revision=revision, token=token)
+    loaded = load_model(model, device=device, dtype=dtype, revision=revision, token=token, offload=None)
     results = {
         "hubprune_version": __version__,
         "model": {"reference": model, "repo_id": loaded.source.repo_id, "revision": loaded.source.revision,

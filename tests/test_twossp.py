@@ -294,3 +294,25 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, flags, messag
     assert out.returncode == 2
     assert message in out.stderr and len(out.stderr.strip().splitlines()) == 1, out.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["src"]
+
+
+def test_a_model_that_does_not_fit_is_streamed_automatically(tmp_path, monkeypatch):
+    """The machine's free RAM cannot be lowered in a test, so it is reported lower: between what one
+    block needs and what the whole model needs."""
+    from hubprune import loading
+
+    source = calibratable_model(tmp_path / "src")
+    config = AutoModelForCausalLM.from_pretrained(source).config
+    whole = loading.preflight(config, torch.float32, torch.device("cpu"), None).needed["ram"]
+    streamed = loading.preflight(config, torch.float32, torch.device("cpu"), None, offload=True).needed["ram"]
+    assert streamed < whole
+    monkeypatch.setattr(loading, "available_ram", lambda: (streamed + whole) // 2)
+    with pytest.raises(loading.InsufficientResourcesError):
+        loading.load_model(str(source), device="cpu", dtype="float32", offload=False)
+    assert loading.load_model(str(source), device="cpu", dtype="float32", offload=None).shards is not None
+    result = hubprune.prune(str(source), "2ssp", sparsity=0.3, output=tmp_path / "out", device="cpu", seq_len=64,
+                            options={"calib_samples": 2, "calib_data": "default"}, ppl=["default"], max_windows=2)
+    assert result.record["streamed_block_by_block"]
+    evaluated = hubprune.evaluate(str(tmp_path / "out"), ppl=["default"], seq_len=64, max_windows=2, device="cpu")
+    assert evaluated["perplexity"]["default"]["perplexity"] == pytest.approx(
+        result.record["evaluation"]["perplexity"]["default"]["pruned"]["perplexity"], rel=1e-5)
