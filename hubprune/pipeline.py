@@ -121,8 +121,8 @@ def prune(model: str, method: str = "manual", *, output: str | Path, sparsity: f
     """Prune `model` with `method` and write the result to `output` (atomically).
 
     With `offload`, the model is never loaded whole: calibration, export and evaluation stream one block
-    at a time from the safetensors shards (None: only when the model does not fit in memory). `loaded` lets a caller that already holds the model (tests,
-    notebooks) skip loading it again."""
+    at a time from the safetensors shards (None: only when the model does not fit in memory).
+    `loaded` lets a caller that already holds the model (tests, notebooks) skip loading it again."""
     job = PruneJob(model=model, method=method, output=str(output), sparsity=sparsity, options=dict(options or {}),
                    device=device, dtype=dtype, seed=seed, revision=revision, ppl=list(ppl or []),
                    seq_len=seq_len, max_windows=max_windows, offload=offload, overwrite=overwrite)
@@ -156,8 +156,9 @@ def prune(model: str, method: str = "manual", *, output: str | Path, sparsity: f
         "environment": environment(loaded.device),
     }
 
-    def complete(pruned_model, pruned_loaded: LoadedModel, apply_seconds: float) -> None:
+    def complete(pruned_loaded: LoadedModel, apply_seconds: float) -> None:
         """Counts, evaluation and timings of the pruned model into `record` (and the config's summary)."""
+        pruned_model = pruned_loaded.model
         pruned_counts = {"total": total_parameters(pruned_model), "decoder": decoder_parameters(pruned_model)}
         achieved = 1 - pruned_counts["decoder"] / dense_counts["decoder"]
         summary.update(sparsity_achieved=round(achieved, 6), parameters_dense=dense_counts["total"],
@@ -176,7 +177,7 @@ def prune(model: str, method: str = "manual", *, output: str | Path, sparsity: f
     if loaded.shards is None:
         started = time.perf_counter()
         pruned = apply_plan(dense, plan, record=summary)
-        complete(pruned, _in_memory(pruned, loaded), time.perf_counter() - started)
+        complete(_in_memory(pruned, loaded), time.perf_counter() - started)
         with atomic_folder(output, overwrite) as folder:
             save_model_folder(folder, pruned, loaded.tokenizer, plan=normalized, record=record,
                               max_shard_size=shard_size)
@@ -184,7 +185,7 @@ def prune(model: str, method: str = "manual", *, output: str | Path, sparsity: f
         with atomic_folder(output, overwrite) as folder:
             started = time.perf_counter()
             pruned_loaded = _streamed_export(folder, loaded, plan, summary, shard_size)
-            complete(pruned_loaded.model, pruned_loaded, time.perf_counter() - started)
+            complete(pruned_loaded, time.perf_counter() - started)
             pruned_loaded.model.config.save_pretrained(folder)  # now that `summary` holds the counts
             save_companions(folder, pruned_loaded.model.config, loaded.tokenizer, plan=normalized, record=record)
     return PruneResult(output, record)
