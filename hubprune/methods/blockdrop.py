@@ -51,8 +51,6 @@ class ShortGPT(BlockBudgetMethod):
             raise InvalidOptionError("--shortgpt-tokens: choose last (the 2SSP reference) or all (the ShortGPT paper)")
 
     def select(self, context: PruneContext) -> PrunePlan:
-        import torch
-
         from .block_similarity import block_outputs_last_token, consecutive_similarity_all_tokens, mean_cosine
 
         opts = self.with_defaults(context.options)
@@ -66,8 +64,7 @@ class ShortGPT(BlockBudgetMethod):
             influence = [1.0] + [1 - mean_cosine(outputs[i - 1], outputs[i]) for i in range(1, n)]
         else:
             influence = (1 - consecutive_similarity_all_tokens(stack, windows)).tolist()
-        order = torch.argsort(torch.tensor(influence, dtype=torch.float64), stable=True).tolist()
-        removed = sorted(order[:k])
+        removed = sorted(sorted(range(n), key=lambda i: influence[i])[:k])  # stable: a tie keeps the lower index
         context.report.update(summary=f"removed blocks {removed} (k = {k} of {n})", options=opts,
                               calibration=provenance, blocks_removed=k, block_influence=influence)
         return PrunePlan(drop_blocks=removed)
