@@ -84,8 +84,8 @@ class DecoderStack:
         self.layer_types = self.family.source_layer_types(self.config)
         self._inputs: dict[tuple[int, int], BlockInputs] = {}
         self.block_forwards = 0  # one window through one block counts 1
-        if self.shards is not None:
-            self._load_outside_blocks()
+        if self.shards is not None and self.model.model.embed_tokens.weight.is_meta:
+            self._load_outside_blocks()  # once per loaded model, however many stacks walk it
 
     # -- weights -------------------------------------------------------------------------------------
     def _load_outside_blocks(self) -> None:

@@ -49,6 +49,11 @@ class PruningMethod(ABC):
     paper: str | None = None
     takes_sparsity: bool = True
     options: tuple[str, ...] = ()  # method-specific option names (CLI flags without the leading --)
+    defaults: dict = {}  # option -> default, for the options that have one
+
+    def with_defaults(self, options: dict) -> dict:
+        """This method's options from the job, unset ones filled with the defaults."""
+        return {**self.defaults, **{k: v for k, v in options.items() if k in self.options and v is not None}}
 
     def check_options(self, options: dict) -> None:
         """Refuse missing or malformed options before any model is loaded (override as needed)."""

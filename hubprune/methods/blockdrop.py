@@ -22,9 +22,7 @@ class BlockBudgetMethod(PruningMethod):
     """A method whose budget is k = ceil(s·N) blocks' worth (whole blocks, or k attention + k MLPs)."""
 
     defaults: dict = {"calib_data": "auto", "calib_samples": 256}
-
-    def with_defaults(self, options: dict) -> dict:
-        return {**self.defaults, **{k: v for k, v in options.items() if k in self.defaults and v is not None}}
+    options = tuple(defaults)
 
     def check_options(self, options: dict) -> None:
         if int(self.with_defaults(options)["calib_samples"]) < 1:
@@ -75,7 +73,6 @@ class WindowMethod(BlockBudgetMethod):
     name = "window"
     summary = "remove the k consecutive blocks whose input and output are most similar (Gromov et al.)"
     paper = "Gromov et al., The Unreasonable Ineffectiveness of the Deeper Layers (2024), arXiv:2403.17887"
-    options = tuple(BlockBudgetMethod.defaults)
 
     def select(self, context: PruneContext) -> PrunePlan:
         from .block_similarity import block_outputs_last_token, mean_cosine

@@ -68,6 +68,8 @@ def greedy_cached(stack: DecoderStack, windows: torch.Tensor, schedule: list[tup
         active: list[tuple[Candidate, torch.Tensor]] = []
         for j in range(n):
             with stack.block(j) as layer:
+                # Sliced on each visit, not cached: a sliced copy of every FFN would take the memory
+                # that streaming blocks (offload) saves.
                 params = mlp_parameters(layer, stack.family, None if keep is None else keep[j])
                 carried = [state for _, state in active]
                 refresh = stale_from <= j < n - 1

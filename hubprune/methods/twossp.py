@@ -97,10 +97,11 @@ class TwoStageMethod(PruningMethod):
     name = "2ssp"
     summary = "two-stage: uniform FFN-neuron width pruning, then greedy removal of attention sub-modules"
     paper = "Sandri et al., 2SSP: A Two-Stage Framework for Structured Pruning of LLMs (TMLR 2025), arXiv:2501.17771"
+    defaults = DEFAULTS
     options = tuple(DEFAULTS)
 
     def check_options(self, options: dict) -> None:
-        opts = with_defaults(options)
+        opts = self.with_defaults(options)
         if not opts["alpha"] > 0:
             raise InvalidOptionError(f"--alpha {opts['alpha']}: must be positive (the reference uses 1.5)")
         for key in ("calib_samples", "stage2_samples", "ffn_multiple", "stage2_batch"):
@@ -112,7 +113,7 @@ class TwoStageMethod(PruningMethod):
             raise InvalidOptionError(f"--stage2 {opts['stage2']}: choose cached or naive")
 
     def check_model(self, model, sparsity: float | None, options: dict) -> None:
-        self.budget(model, sparsity, with_defaults(options))
+        self.budget(model, sparsity, self.with_defaults(options))
 
     @staticmethod
     def budget(model, sparsity: float, opts: dict) -> Balance:
@@ -127,7 +128,7 @@ class TwoStageMethod(PruningMethod):
     def select(self, context: PruneContext) -> PrunePlan:
         from .twossp_stages import two_stages
 
-        opts = with_defaults(context.options)
+        opts = self.with_defaults(context.options)
         budget = self.budget(context.loaded.model, context.sparsity, opts)
         windows, provenance = context.calibration(opts["calib_data"], int(opts["calib_samples"]))
         result = two_stages(context.stack(), windows, keep=budget.keep, n_attn=budget.n_attn,
@@ -141,7 +142,3 @@ class TwoStageMethod(PruningMethod):
                               stage1=result["stage1"], stage2=result["stage2"], removed_attention=result["removed"])
         return PrunePlan(keep_ffn_neurons=dict(enumerate(result["kept"])), skip_attention=removed)
 
-
-def with_defaults(options: dict) -> dict:
-    """The job's 2SSP options, unset ones filled with the reference defaults."""
-    return {**DEFAULTS, **{k: v for k, v in options.items() if k in DEFAULTS and v is not None}}
