@@ -53,7 +53,9 @@ class _Parser(argparse.ArgumentParser):
 
 # Method-specific flags, passed to the method as options (a method refuses the ones it does not take).
 METHOD_OPTIONS = ("plan", "calib_data", "calib_samples", "ffn_multiple", "alpha", "stage2_samples", "stage2",
-                  "stage2_batch", "shortgpt_tokens")
+                  "stage2_batch", "shortgpt_tokens", "blockpruner_mode", "evopress_generations", "evopress_tokens",
+                  "evopress_seq_len", "evopress_offspring", "evopress_initial", "evopress_selection_tokens",
+                  "evopress_batch")
 
 
 def _csv(value: str) -> list[str]:
@@ -103,6 +105,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="never load the whole model: stream one block at a time from the safetensors shards "
                         "(peak memory about one block plus embeddings and activations). Without it, this happens "
                         "only when the model does not fit in memory")
+    m.add_argument("--run-dir", metavar="DIR",
+                   help="where finished steps (dense evaluation, selection, search checkpoints) are kept, so that "
+                        "the same command resumes after an interruption; deleted on success [.OUTPUT.hubprune-run "
+                        "next to --output]")
     c = p.add_argument_group("calibration (calibrating methods)")
     c.add_argument("--calib-data", metavar="NAME|FILE",
                    help="calibration text: c4 (the reference), default (embedded), wikitext2, or a .txt/.jsonl file "
@@ -124,6 +130,24 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--shortgpt-tokens", choices=["last", "all"],
                    help="block influence from the last token of each window (the 2SSP reference) or from every "
                         "token (the ShortGPT paper) [last]")
+    bp = p.add_argument_group("blockpruner")
+    bp.add_argument("--blockpruner-mode", choices=["paired", "mix"],
+                   help="paired: each round removes one attention then one MLP, k of each (the 2SSP reference); "
+                        "mix: each step removes the best sub-module of either kind until the removed parameters "
+                        "reach --sparsity (the BlockPruner paper) [paired]")
+    v = p.add_argument_group("evopress (defaults: the 2SSP reference's settings)")
+    v.add_argument("--evopress-generations", type=int, metavar="G",
+                   help="generations to run [floor(k(N-k)/1.5), e.g. 160 for N=32 at 37.5%%]")
+    v.add_argument("--evopress-tokens", type=int, metavar="T", help="calibration tokens in all [131072]")
+    v.add_argument("--evopress-seq-len", type=int, metavar="L",
+                   help="calibration sequence length [4096 for Llama/Phi-3, 2048 for Qwen2, 8192 otherwise]")
+    v.add_argument("--evopress-offspring", type=int, metavar="N", help="offspring per generation [32]")
+    v.add_argument("--evopress-initial", type=int, metavar="N", help="random candidates the first parent is "
+                   "chosen from [64]")
+    v.add_argument("--evopress-selection-tokens", metavar="T1,T2",
+                   help="tokens scored in the two selection steps (best 2, then best 1 with the parent); the first "
+                        "also scores the initial candidates [2048,32768]")
+    v.add_argument("--evopress-batch", type=int, metavar="B", help="sequences run through a block together [8]")
     _ppl_options(p)
 
     e = sub.add_parser("eval", help="perplexity of a model (dense or pruned)",
@@ -166,7 +190,7 @@ def _run(args: argparse.Namespace) -> None:
         result = prune(args.model, args.method, output=args.output, sparsity=args.sparsity, options=options,
                        device=args.device, dtype=args.dtype, seed=args.seed, revision=args.revision,
                        token=args.token, ppl=args.ppl, seq_len=args.seq_len, max_windows=args.max_windows,
-                       offload=True if args.offload else None, overwrite=args.overwrite)
+                       offload=True if args.offload else None, overwrite=args.overwrite, run_dir=args.run_dir)
         record = result.record
         sparsity = record["sparsity"]
         requested = f" (requested {sparsity['requested']:.2%})" if sparsity["requested"] is not None else ""
@@ -199,7 +223,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"hubprune: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("hubprune: interrupted; nothing was written to the output", file=sys.stderr)
+        print("hubprune: interrupted; nothing was written to the output (run the same command again to resume)",
+              file=sys.stderr)
         return 130
     return 0
 

@@ -126,3 +126,31 @@ def calibration_windows(tokenizer, name: str, seq_len: int, count: int, seed: in
     windows = token_windows(tokenizer, corpus, seq_len, max_windows=count, min_windows=count)
     return windows, {**corpus.provenance, "name": corpus.name, "windows": count, "seq_len": seq_len,
                      "shuffle_seed": seed or None, "bos": False}
+
+
+def joined_sequences(tokenizer, name: str, seq_len: int, count: int) -> tuple[torch.Tensor, dict]:
+    """Exactly `count` sequences [count, seq_len] built as EvoPress's reference builds its calibration
+    data: documents tokenized one at a time (no BOS) are appended to a buffer, with the tokens of a
+    blank line between them; once the buffer holds `seq_len` tokens its start is one sequence and the
+    rest of the buffer is dropped."""
+    corpus = load_corpus(name, "calibration")
+    if tokenizer is None:
+        token_windows(None, corpus, seq_len)  # raises the no-tokenizer error
+    separator = tokenizer("\n\n", add_special_tokens=False).input_ids
+    sequences, buffer = [], []
+    for text in corpus.texts:
+        buffer += tokenizer(text, add_special_tokens=False).input_ids
+        if len(buffer) >= seq_len:
+            sequences.append(buffer[:seq_len])
+            buffer = []
+            if len(sequences) == count:
+                break
+        else:
+            buffer += separator
+    if len(sequences) < count:
+        raise DatasetUnavailableError(
+            f"corpus {corpus.name} gives {len(sequences)} joined sequences of {seq_len} tokens, fewer than the {count} "
+            "needed; use a longer corpus, or fewer calibration tokens or a shorter sequence length")
+    return torch.tensor(sequences), {**corpus.provenance, "name": corpus.name, "sequences": count, "seq_len": seq_len,
+                                     "construction": "documents joined by a blank line; remainder dropped per sequence",
+                                     "bos": False}

@@ -2,6 +2,7 @@
 `evaluate` (perplexity of any model). The CLI is a thin layer over these functions."""
 from __future__ import annotations
 
+import hashlib
 import platform
 import random
 import shutil
@@ -29,6 +30,7 @@ from .export import (
 from .loading import LoadedModel, load_model
 from .methods import PruneContext, get_method
 from .plan import PrunePlan
+from .runs import RunFolder, default_run_dir
 from .sequential import DecoderStack, ShardReader, stack_perplexity
 from .surgery import apply_plan, decoder_parameters, model_class, pruned_config, total_parameters
 
@@ -53,6 +55,15 @@ class PruneJob:
     max_windows: int | None = None
     offload: bool | None = None  # stream blocks from the shards: True always, None when the model does not fit
     overwrite: bool = False
+    run_dir: str | None = None  # where finished steps are kept for resuming [next to the output]
+
+    def resume_key(self) -> dict:
+        """The settings a run folder's saved steps depend on (not where the output goes)."""
+        key = {k: v for k, v in asdict(self).items() if k not in ("output", "overwrite", "run_dir")}
+        plan = self.options.get("plan")
+        if plan and Path(plan).is_file():  # an edited plan file is a different job
+            key["plan_sha256"] = hashlib.sha256(Path(plan).read_bytes()).hexdigest()
+        return key
 
     def validate(self) -> None:
         method = get_method(self.method)
@@ -117,15 +128,17 @@ def prune(model: str, method: str = "manual", *, output: str | Path, sparsity: f
           options: dict | None = None, device: str = "auto", dtype: str = "auto", seed: int = 0,
           revision: str | None = None, token: str | None = None, ppl: list[str] | None = None,
           seq_len: int = 2048, max_windows: int | None = None, offload: bool | None = None, overwrite: bool = False,
-          loaded: LoadedModel | None = None) -> PruneResult:
+          run_dir: str | Path | None = None, loaded: LoadedModel | None = None) -> PruneResult:
     """Prune `model` with `method` and write the result to `output` (atomically).
 
-    With `offload`, the model is never loaded whole: calibration, export and evaluation stream one block
+    Finished steps are kept in the run folder (`runs.RunFolder`, default next to the output), so running
+    the same job again after an interruption resumes; it is deleted when the output is written. With `offload`, the model is never loaded whole: calibration, export and evaluation stream one block
     at a time from the safetensors shards (None: only when the model does not fit in memory).
     `loaded` lets a caller that already holds the model (tests, notebooks) skip loading it again."""
     job = PruneJob(model=model, method=method, output=str(output), sparsity=sparsity, options=dict(options or {}),
                    device=device, dtype=dtype, seed=seed, revision=revision, ppl=list(ppl or []),
-                   seq_len=seq_len, max_windows=max_windows, offload=offload, overwrite=overwrite)
+                   seq_len=seq_len, max_windows=max_windows, offload=offload, overwrite=overwrite,
+                   run_dir=None if run_dir is None else str(run_dir))
     job.validate()
     output = Path(output)
     check_output(output, overwrite)  # refuse before any expensive work
@@ -135,59 +148,70 @@ def prune(model: str, method: str = "manual", *, output: str | Path, sparsity: f
         loaded = load_model(model, device=device, dtype=dtype, revision=revision, token=token, output=output,
                             offload=offload, check=lambda m: method_impl.check_model(m, sparsity, job.options))
     dense = loaded.model
-    evaluate_kwargs = dict(seq_len=seq_len, max_windows=max_windows)
-    dense_ppl = perplexities(loaded, job.ppl, label="dense", **evaluate_kwargs)
+    key = {"job": job.resume_key(), "source_revision": loaded.source.revision, "hubprune": __version__}
+    with RunFolder(run_dir or default_run_dir(output), key) as run:
+        reused = [name for name in ("dense-evaluation", "selection") if run.load(name) is not None]
+        evaluate_kwargs = dict(seq_len=seq_len, max_windows=max_windows)
+        dense_ppl = run.cached("dense-evaluation", lambda: perplexities(loaded, job.ppl, label="dense", **evaluate_kwargs)
+                               ) if job.ppl else {}
 
-    started = time.perf_counter()
-    context = PruneContext(loaded, sparsity, seed, job.options, seq_len=seq_len)
-    plan = method_impl.select(context)
-    select_seconds = time.perf_counter() - started
-    dense_counts = {"total": total_parameters(dense), "decoder": decoder_parameters(dense)}
-    summary = {"hubprune_version": __version__, "method": method, "source": loaded.source.repo_id or str(model),
-               "source_revision": loaded.source.revision, "sparsity_requested": sparsity}
-    record = {
-        "hubprune_version": __version__,
-        "job": asdict(job),
-        "source": {"reference": loaded.source.reference, "repo_id": loaded.source.repo_id,
-                   "revision": loaded.source.revision, "model_type": dense.config.model_type,
-                   "dtype": str(loaded.dtype).removeprefix("torch.")},
-        "streamed_block_by_block": loaded.shards is not None,
-        "method_report": context.report,
-        "environment": environment(loaded.device),
-    }
+        context = PruneContext(loaded, sparsity, seed, job.options, seq_len=seq_len, run=run)
 
-    def complete(pruned_loaded: LoadedModel, apply_seconds: float) -> None:
-        """Counts, evaluation and timings of the pruned model into `record` (and the config's summary)."""
-        pruned_model = pruned_loaded.model
-        pruned_counts = {"total": total_parameters(pruned_model), "decoder": decoder_parameters(pruned_model)}
-        achieved = 1 - pruned_counts["decoder"] / dense_counts["decoder"]
-        summary.update(sparsity_achieved=round(achieved, 6), parameters_dense=dense_counts["total"],
-                       parameters_pruned=pruned_counts["total"])
-        pruned_ppl = perplexities(pruned_loaded, job.ppl, label="pruned", **evaluate_kwargs)
-        record.update(
-            architecture="hubprune remote code" if getattr(pruned_model.config, "auto_map", None) else "stock transformers",
-            sparsity={"definition": SPARSITY_DEFINITION, "requested": sparsity, "achieved": achieved},
-            parameters={"dense": dense_counts, "pruned": pruned_counts},
-            timing_seconds={"select": select_seconds, "apply": apply_seconds, "prune": select_seconds + apply_seconds},
-            evaluation={"perplexity": {name: {"dense": dense_ppl[name], "pruned": pruned_ppl[name]} for name in job.ppl}},
-        )
-
-    normalized = plan.normalized(dense.config.num_hidden_layers)
-    shard_size = source_shard_size(loaded.source.path)
-    if loaded.shards is None:
-        started = time.perf_counter()
-        pruned = apply_plan(dense, plan, record=summary)
-        complete(_in_memory(pruned, loaded), time.perf_counter() - started)
-        with atomic_folder(output, overwrite) as folder:
-            save_model_folder(folder, pruned, loaded.tokenizer, plan=normalized, record=record,
-                              max_shard_size=shard_size)
-    else:
-        with atomic_folder(output, overwrite) as folder:
+        def select() -> dict:
             started = time.perf_counter()
-            pruned_loaded = _streamed_export(folder, loaded, plan, summary, shard_size)
-            complete(pruned_loaded, time.perf_counter() - started)
-            pruned_loaded.model.config.save_pretrained(folder)  # now that `summary` holds the counts
-            save_companions(folder, pruned_loaded.model.config, loaded.tokenizer, plan=normalized, record=record)
+            plan = method_impl.select(context)
+            plan.validate(dense.config.num_hidden_layers, loaded.family.ffn_width(dense.config))  # before it is kept
+            return {"plan": plan.to_dict(), "report": context.report, "seconds": time.perf_counter() - started}
+
+        selection = run.cached("selection", select)
+        plan, context.report, select_seconds = PrunePlan.from_dict(selection["plan"]), selection["report"], selection["seconds"]
+        dense_counts = {"total": total_parameters(dense), "decoder": decoder_parameters(dense)}
+        summary = {"hubprune_version": __version__, "method": method, "source": loaded.source.repo_id or str(model),
+                   "source_revision": loaded.source.revision, "sparsity_requested": sparsity}
+        record = {
+            "hubprune_version": __version__,
+            "job": asdict(job),
+            "source": {"reference": loaded.source.reference, "repo_id": loaded.source.repo_id,
+                       "revision": loaded.source.revision, "model_type": dense.config.model_type,
+                       "dtype": str(loaded.dtype).removeprefix("torch.")},
+            "streamed_block_by_block": loaded.shards is not None,
+            "resumed_steps": reused,
+            "method_report": context.report,
+            "environment": environment(loaded.device),
+        }
+
+        def complete(pruned_loaded: LoadedModel, apply_seconds: float) -> None:
+            """Counts, evaluation and timings of the pruned model into `record` (and the config's summary)."""
+            pruned_model = pruned_loaded.model
+            pruned_counts = {"total": total_parameters(pruned_model), "decoder": decoder_parameters(pruned_model)}
+            achieved = 1 - pruned_counts["decoder"] / dense_counts["decoder"]
+            summary.update(sparsity_achieved=round(achieved, 6), parameters_dense=dense_counts["total"],
+                           parameters_pruned=pruned_counts["total"])
+            pruned_ppl = perplexities(pruned_loaded, job.ppl, label="pruned", **evaluate_kwargs)
+            record.update(
+                architecture="hubprune remote code" if getattr(pruned_model.config, "auto_map", None) else "stock transformers",
+                sparsity={"definition": SPARSITY_DEFINITION, "requested": sparsity, "achieved": achieved},
+                parameters={"dense": dense_counts, "pruned": pruned_counts},
+                timing_seconds={"select": select_seconds, "apply": apply_seconds, "prune": select_seconds + apply_seconds},
+                evaluation={"perplexity": {name: {"dense": dense_ppl[name], "pruned": pruned_ppl[name]} for name in job.ppl}},
+            )
+
+        normalized = plan.normalized(dense.config.num_hidden_layers)
+        shard_size = source_shard_size(loaded.source.path)
+        if loaded.shards is None:
+            started = time.perf_counter()
+            pruned = apply_plan(dense, plan, record=summary)
+            complete(_in_memory(pruned, loaded), time.perf_counter() - started)
+            with atomic_folder(output, overwrite) as folder:
+                save_model_folder(folder, pruned, loaded.tokenizer, plan=normalized, record=record,
+                                  max_shard_size=shard_size)
+        else:
+            with atomic_folder(output, overwrite) as folder:
+                started = time.perf_counter()
+                pruned_loaded = _streamed_export(folder, loaded, plan, summary, shard_size)
+                complete(pruned_loaded, time.perf_counter() - started)
+                pruned_loaded.model.config.save_pretrained(folder)  # now that `summary` holds the counts
+                save_companions(folder, pruned_loaded.model.config, loaded.tokenizer, plan=normalized, record=record)
     return PruneResult(output, record)
 
 

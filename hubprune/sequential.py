@@ -164,16 +164,29 @@ class DecoderStack:
             hidden = hidden + out
         return hidden
 
+    def run_batched(self, layer: torch.nn.Module, index: int, states: list[torch.Tensor], batch: int,
+                    **kwargs) -> list[torch.Tensor]:
+        """`run` on each of `states` (same shape [windows, seq, d]), at most `batch` of them per call."""
+        out = []
+        for start in range(0, len(states), batch):
+            group = states[start:start + batch]
+            result = self.run(layer, index, torch.cat(group), **kwargs)
+            out.extend(result.split([g.shape[0] for g in group]))
+        return out
+
+    @torch.no_grad()
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """fp32 logits of final hidden states [..., d] (final norm, then the head)."""
+        return self.model.lm_head(self.model.model.norm(hidden)).float()
+
     @torch.no_grad()
     def nll(self, hidden: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
         """Summed next-token NLL (fp64) of final hidden states [batch, seq, d] against `ids` [batch, seq].
         Logits in fp32, one window at a time so a large vocabulary never holds [batch, seq, V]."""
-        model = self.model
         total = torch.zeros((), dtype=torch.float64, device=self.device)
         ids = ids.to(self.device)
         for window, target in zip(hidden, ids):
-            logits = model.lm_head(model.model.norm(window[:-1])).float()
-            total += F.cross_entropy(logits, target[1:], reduction="sum").double()
+            total += F.cross_entropy(self.logits(window[:-1]), target[1:], reduction="sum").double()
         return total
 
 

@@ -71,6 +71,18 @@ def tiny_tokenizer(vocab_size: int = 300):
     return PreTrainedTokenizerFast(tokenizer_object=tokenizer, pad_token="<pad>", bos_token="<s>", eos_token="</s>")
 
 
+def calibratable_model(folder, *, layers=6, hidden=64, ffn=128, shard="50KB", config_class=LlamaConfig):
+    """A random model (Llama by default) with a real (tiny) tokenizer, saved in many small shards."""
+    tokenizer = tiny_tokenizer()
+    config = config_class(vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=ffn,
+                          num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2,
+                          pad_token_id=tokenizer.pad_token_id, bos_token_id=1, eos_token_id=2)
+    torch.manual_seed(0)
+    AutoModelForCausalLM.from_config(config).save_pretrained(folder, max_shard_size=shard)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
 def left_padded_batch(vocab: int, pad_id: int, seed: int = 1):
     """Two prompts of different lengths, left-padded (the case that exposes KV-cache position bugs)."""
     g = torch.Generator().manual_seed(seed)

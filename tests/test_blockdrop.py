@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 import torch.nn.functional as F
-from transformers import AutoModelForCausalLM
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
 import hubprune
 from hubprune.methods.blockdrop import blocks_to_remove
@@ -142,3 +142,36 @@ def test_blockpruner_equals_brute_force_greedy_search(embedded_model, tmp_path):
     ids = torch.arange(100, 150)[None]
     with torch.no_grad():
         torch.testing.assert_close(reloaded(ids).logits, apply_plan(model, plan)(ids).logits, rtol=0, atol=1e-5)
+
+
+def test_blockpruner_mix_removes_either_kind_until_the_sparsity_is_reached(tmp_path):
+    """The original paper's search: each step the best single sub-module of either kind, by whole-model
+    perplexity with hooks, until the removed attention + MLP parameters reach s of the decoder's."""
+    from conftest import calibratable_model
+
+    from hubprune.data import calibration_windows
+    from hubprune.evaluation import perplexity
+    from hubprune.methods.twossp import module_sizes
+
+    source = calibratable_model(tmp_path / "src", layers=6)
+    result = hubprune.prune(str(source), "blockpruner", sparsity=0.3, output=tmp_path / "mix", seq_len=64,
+                            device="cpu", options={"calib_samples": 2, "calib_data": "default",
+                                                   "blockpruner_mode": "mix"})
+    model = AutoModelForCausalLM.from_pretrained(source).eval()
+    windows, _ = calibration_windows(AutoTokenizer.from_pretrained(source), "default", 64, 2)
+    zero = lambda _module, _args, out: (torch.zeros_like(out[0]), out[1]) if isinstance(out, tuple) else torch.zeros_like(out)  # noqa: E731
+    module = lambda layer, kind: getattr(model.model.layers[layer], "self_attn" if kind == "attention" else "mlp")  # noqa: E731
+    p_attn, p_mlp, p_main = module_sizes(model)
+    size = {"attention": p_attn, "mlp": p_mlp}
+    removed: list[tuple[int, str]] = []
+    while sum(size[k] for _, k in removed) < 0.3 * p_main:
+        ppl = {}
+        for candidate in [(l, k) for l in range(6) for k in ("attention", "mlp") if (l, k) not in removed]:
+            handles = [module(*c).register_forward_hook(zero) for c in removed + [candidate]]
+            ppl[candidate] = perplexity(model, windows, progress=False).perplexity
+            for handle in handles:
+                handle.remove()
+        removed.append(min(ppl, key=ppl.get))  # dict order is (layer, kind): ties keep the first
+    assert [tuple(s["removed"]) for s in result.record["method_report"]["steps"]] == removed
+    achieved = result.record["sparsity"]["achieved"]
+    assert 0.3 <= achieved < 0.3 + max(p_attn, p_mlp) / p_main + 0.01  # the last step crosses the target

@@ -11,7 +11,7 @@ import sys
 
 import pytest
 import torch
-from conftest import tiny_model, tiny_tokenizer
+from conftest import calibratable_model, tiny_model
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, LlamaConfig, MistralConfig, Phi3Config, Qwen2Config
 
@@ -215,18 +215,6 @@ def test_every_family_prunes_and_reloads_with_the_in_memory_logits(tmp_path, con
 
 
 # -- block by block --------------------------------------------------------------------------------------
-def calibratable_model(folder, *, layers=6, hidden=64, ffn=128, shard="50KB", config_class=LlamaConfig):
-    """A random model (Llama by default) with a real (tiny) tokenizer, saved in many small shards."""
-    tokenizer = tiny_tokenizer()
-    config = config_class(vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=ffn,
-                          num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2,
-                          pad_token_id=tokenizer.pad_token_id, bos_token_id=1, eos_token_id=2)
-    torch.manual_seed(0)
-    AutoModelForCausalLM.from_config(config).save_pretrained(folder, max_shard_size=shard)
-    tokenizer.save_pretrained(folder)
-    return folder
-
-
 def test_offload_gives_the_same_plan_weights_and_perplexity_as_in_memory(tmp_path):
     source = calibratable_model(tmp_path / "src")
     assert len(list(source.glob("*.safetensors"))) > 3

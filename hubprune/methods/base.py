@@ -12,13 +12,15 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:  # keep `hubprune methods` free of torch/transformers imports
     from ..loading import LoadedModel
     from ..plan import PrunePlan
+    from ..runs import RunFolder
     from ..sequential import DecoderStack
 
 
 @dataclass
 class PruneContext:
     """What a method may use to decide: the loaded model and the job's settings. A method writes what
-    it measured and decided (budgets, scores, timings) to `report`; it is recorded in hubprune.json."""
+    it measured and decided (budgets, scores, timings) to `report`; it is recorded in hubprune.json.
+    A long search checkpoints to `run` (the job's run folder) so that an interrupted run resumes."""
 
     loaded: LoadedModel
     sparsity: float | None
@@ -26,6 +28,7 @@ class PruneContext:
     options: dict = field(default_factory=dict)
     seq_len: int = 2048
     report: dict = field(default_factory=dict)
+    run: RunFolder | None = None
 
     def calibration(self, name: str, count: int):
         """`count` calibration windows of `seq_len` tokens and their provenance. `auto` is the

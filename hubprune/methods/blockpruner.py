@@ -1,10 +1,15 @@
 """BlockPruner (Zhong et al., 2024) as the 2SSP reference implements it (algorithms.md §4.3): k = ceil(s·N)
 rounds, each removing the attention sub-module, then the MLP, whose bypass gives the lowest perplexity
 on one calibration window. k attention + k MLP sub-modules go, the parameters of k whole blocks; a block
-loses both only if both were chosen. The original paper's "mix" search (either kind at each step, no
-equal counts) and its 64 Alpaca samples are not implemented here."""
+loses both only if both were chosen.
+
+`--blockpruner-mode mix` is the original paper's search: each step removes whichever single sub-module
+(attention or MLP) gives the lowest perplexity, with no equal counts, until the removed parameters reach
+s of the decoder layers' parameters. The paper's 64 Alpaca calibration samples are not reproduced:
+calibration is the same as the reference's (--calib-data, --calib-samples)."""
 from __future__ import annotations
 
+from ..errors import InvalidOptionError
 from ..plan import PrunePlan
 from .base import PruneContext
 from .blockdrop import BlockBudgetMethod, blocks_to_remove
@@ -16,19 +21,35 @@ class BlockPruner(BlockBudgetMethod):
     name = "blockpruner"
     summary = "greedy by perplexity: each round removes the best attention, then the best MLP sub-module"
     paper = "Zhong et al., BlockPruner: Fine-grained Pruning for Large Language Models (2024), arXiv:2406.10594"
-    defaults = {"calib_data": "auto", "calib_samples": 1}
+    defaults = {"calib_data": "auto", "calib_samples": 1, "blockpruner_mode": "paired"}
     options = tuple(defaults)
+
+    def check_options(self, options: dict) -> None:
+        super().check_options(options)
+        if self.with_defaults(options)["blockpruner_mode"] not in ("paired", "mix"):
+            raise InvalidOptionError("--blockpruner-mode: choose paired (the 2SSP reference) or mix (the paper)")
 
     def select(self, context: PruneContext) -> PrunePlan:
         from .greedy import greedy_cached
+        from .twossp import module_sizes
 
         opts = self.with_defaults(context.options)
-        n = context.loaded.model.config.num_hidden_layers
-        k = blocks_to_remove(context.sparsity, n)
+        model = context.loaded.model
+        n = model.config.num_hidden_layers
         windows, provenance = context.calibration(opts["calib_data"], int(opts["calib_samples"]))
-        removed, steps = greedy_cached(context.stack(), windows, [("attention",), ("mlp",)] * k, desc="blockpruner")
+        if opts["blockpruner_mode"] == "paired":
+            k = blocks_to_remove(context.sparsity, n)
+            schedule, until, budget = [("attention",), ("mlp",)] * k, None, f"k = {k} of {n}"
+        else:
+            p_attn, p_mlp, p_main = module_sizes(model)
+            target = context.sparsity * p_main
+            size = {"attention": p_attn, "mlp": p_mlp}
+            schedule = [("attention", "mlp")] * (2 * n)
+            until = lambda removed: sum(size[kind] for _, kind in removed) >= target  # noqa: E731
+            budget = f"mix, until {context.sparsity:.2%} of decoder parameters"
+        removed, steps = greedy_cached(context.stack(), windows, schedule, until=until, desc="blockpruner")
         attention = sorted(layer for layer, kind in removed if kind == "attention")
         mlp = sorted(layer for layer, kind in removed if kind == "mlp")
-        context.report.update(summary=f"removed attention in {attention}, MLP in {mlp} (k = {k} of {n})",
-                              options=opts, calibration=provenance, rounds=k, steps=steps)
+        context.report.update(summary=f"removed attention in {attention}, MLP in {mlp} ({budget})",
+                              options=opts, calibration=provenance, steps=steps)
         return PrunePlan(skip_attention=attention, skip_mlp=mlp)

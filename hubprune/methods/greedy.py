@@ -14,6 +14,7 @@ recomputed. `greedy_naive` is the reference procedure: a full forward per candid
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 from tqdm.auto import tqdm
@@ -42,21 +43,13 @@ def _skips(layer: int, removed: set[Candidate], extra: str | None = None) -> dic
             "skip_mlp": (layer, "mlp") in removed or extra == "mlp"}
 
 
-def _batched(stack: DecoderStack, layer, index: int, states: list[torch.Tensor], batch: int, **kwargs):
-    """Run `states` (each [windows, seq, d]) through one block, at most `batch` of them at a time."""
-    out = []
-    for start in range(0, len(states), batch):
-        group = states[start:start + batch]
-        result = stack.run(layer, index, torch.cat(group), **kwargs)
-        out.extend(result.split([g.shape[0] for g in group]))
-    return out
-
-
 @torch.no_grad()
 def greedy_cached(stack: DecoderStack, windows: torch.Tensor, schedule: list[tuple[str, ...]], *,
-                  keep: list[torch.Tensor] | None = None, batch: int = 8, progress: bool = True,
+                  keep: list[torch.Tensor] | None = None, until: Callable[[list[Candidate]], bool] | None = None,
+                  batch: int = 8, progress: bool = True,
                   desc: str = "greedy removal") -> tuple[list[Candidate], list[dict]]:
-    """One removal per entry of `schedule` (the kinds it may remove). `keep` narrows each block's FFN."""
+    """One removal per entry of `schedule` (the kinds it may remove), stopping early once `until(removed)`
+    holds. `keep` narrows each block's FFN."""
     n = stack.num_layers
     tokens = windows.shape[0] * (windows.shape[1] - 1)
     removed: list[Candidate] = []
@@ -64,6 +57,8 @@ def greedy_cached(stack: DecoderStack, windows: torch.Tensor, schedule: list[tup
     base: list[torch.Tensor | None] = [stack.embed(windows)] + [None] * (n - 1)
     stale_from = 0  # base[j + 1] is recomputed for j >= stale_from
     for kinds in tqdm(schedule, desc=desc, disable=not progress, leave=False):
+        if until is not None and until(removed):
+            break
         done = set(removed)
         active: list[tuple[Candidate, torch.Tensor]] = []
         for j in range(n):
@@ -75,7 +70,7 @@ def greedy_cached(stack: DecoderStack, windows: torch.Tensor, schedule: list[tup
                 refresh = stale_from <= j < n - 1
                 if refresh:
                     carried.append(base[j])
-                outputs = _batched(stack, layer, j, carried, batch, mlp_params=params, **_skips(j, done))
+                outputs = stack.run_batched(layer, j, carried, batch, mlp_params=params, **_skips(j, done))
                 if refresh:
                     base[j + 1] = outputs.pop()
                 active = [(c, out) for (c, _), out in zip(active, outputs)]

@@ -1,0 +1,134 @@
+"""EvoPress's fitness: KL(p_dense ‖ q_candidate) per token, for many sub-module removal candidates.
+
+The dense model's logits on the calibration sequences are computed once and kept on the CPU, in RAM or,
+when they would not fit (131,072 tokens x a 152k vocabulary is about 40 GB in bf16), in a file that is
+memory-mapped, so only the rows a minibatch needs are read. They keep the model's dtype, as in the
+reference. Candidates are scored together, block by block: each block is fetched once per selection
+step, and candidates that agree on every block so far share one hidden state (offspring differ from
+their parent in at most three sub-modules, so most of the stack is computed once, not per candidate).
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from ..loading import available_ram
+from ..sequential import DecoderStack
+
+log = logging.getLogger("hubprune")
+
+Candidate = tuple[tuple[int, ...], tuple[int, ...]]  # (attention removed, MLP removed), layer indices sorted
+Minibatch = list[tuple[int, int]]  # (sequence index, tokens used from its start)
+
+
+def _token_chunk(vocab: int) -> int:
+    """Tokens per head evaluation, so fp32 logits of a chunk stay near 512 MB whatever the vocabulary."""
+    return max(1, 2**27 // vocab)
+
+
+class DenseLogits:
+    """Dense logits [sequences, seq_len, vocab] of `sequences` on the CPU (in RAM or a mapped file)."""
+
+    def __init__(self, stack: DecoderStack, sequences: torch.Tensor, spill_dir: Path | None, *, batch: int = 8,
+                 progress: bool = True):
+        count, seq_len = sequences.shape
+        vocab = stack.model.lm_head.out_features
+        dtype = stack.dtype
+        size = count * seq_len * vocab
+        nbytes = size * torch.empty((), dtype=dtype).element_size()
+        ram = available_ram()
+        self.spilled = ram is not None and nbytes > ram // 2 and spill_dir is not None
+        marker = None
+        if self.spilled:
+            path = spill_dir / "dense-logits.bin"
+            marker = spill_dir / "dense-logits.complete"
+            log.warning("the dense logits (%.1f GB) do not fit in memory; keeping them in %s", nbytes / 1e9, path)
+            if not marker.is_file():
+                path.unlink(missing_ok=True)
+            store = torch.from_file(str(path), shared=True, size=size, dtype=dtype)
+        else:
+            store = torch.empty(size, dtype=dtype)
+        self.logits = store.view(count, seq_len, vocab)
+        self.nbytes = nbytes
+        self.reused = marker is not None and marker.is_file()
+        if not self.reused:
+            self._compute(stack, sequences, batch, progress)
+            if marker is not None:
+                marker.touch()
+
+    @torch.no_grad()
+    def _compute(self, stack: DecoderStack, sequences: torch.Tensor, batch: int, progress: bool) -> None:
+        states = [stack.embed(sequences[i:i + 1]) for i in range(sequences.shape[0])]
+        for index in tqdm(range(stack.num_layers), desc="dense logits", disable=not progress, leave=False):
+            with stack.block(index) as layer:
+                states = stack.run_batched(layer, index, states, batch)
+        chunk = _token_chunk(self.logits.shape[-1])
+        for i, state in enumerate(states):
+            for start in range(0, state.shape[1], chunk):
+                part = stack.logits(state[0, start:start + chunk]).to(self.logits.dtype)
+                self.logits[i, start:start + chunk] = part.cpu()
+
+
+def sample_minibatch(rng, sequences: int, seq_len: int, tokens: int) -> Minibatch:
+    """The reference's minibatch: distinct random sequences until exactly `tokens` tokens, the last one cut."""
+    chosen: Minibatch = []
+    used = 0
+    while used < tokens:
+        index = rng.randint(0, sequences - 1)
+        if any(index == seen for seen, _ in chosen):
+            continue
+        take = min(seq_len, tokens - used)
+        chosen.append((index, take))
+        used += take
+    return chosen
+
+
+@torch.no_grad()
+def kl_fitness(stack: DecoderStack, sequences: torch.Tensor, dense: DenseLogits, candidates: list[Candidate],
+               minibatch: Minibatch, *, batch: int = 8) -> list[float]:
+    """Mean per-token KL(p_dense ‖ q_candidate) over the minibatch's tokens, for each candidate (fp32
+    log-softmax, fp64 sums). Every position of every sequence counts, as in the reference."""
+    # Parts of equal length run as one batch: the full sequences, and the cut last one.
+    parts: dict[int, list[int]] = {}
+    for index, take in minibatch:
+        parts.setdefault(take, []).append(index)
+    ids = {take: sequences[indices, :take] for take, indices in parts.items()}
+    # Hidden states keyed by the removal pattern of the blocks passed so far; candidates share them.
+    states: dict[tuple, dict[int, torch.Tensor]] = {(): {take: stack.embed(t) for take, t in ids.items()}}
+    prefix_of = [() for _ in candidates]
+    for j in range(stack.num_layers):
+        moves: dict[tuple, tuple[tuple, tuple[bool, bool]]] = {}  # new prefix -> (old prefix, skips at j)
+        for c, (attention, mlp) in enumerate(candidates):
+            skips = (j in attention, j in mlp)
+            new = prefix_of[c] + (skips,)
+            moves.setdefault(new, (prefix_of[c], skips))
+            prefix_of[c] = new
+        with stack.block(j) as layer:
+            next_states = {}
+            for skips in sorted({s for _, s in moves.values()}):
+                group = [new for new, (_, s) in moves.items() if s == skips]
+                for take in ids:
+                    outs = stack.run_batched(layer, j, [states[moves[new][0]][take] for new in group], batch,
+                                             skip_attention=skips[0], skip_mlp=skips[1])
+                    for new, out in zip(group, outs):
+                        next_states.setdefault(new, {})[take] = out
+        states = next_states
+    chunk = _token_chunk(dense.logits.shape[-1])
+    tokens = sum(take for _, take in minibatch)
+    scores: dict[tuple, float] = {}
+    for prefix, by_take in states.items():
+        total = torch.zeros((), dtype=torch.float64, device=stack.device)
+        for take, hidden in by_take.items():
+            for row, index in enumerate(parts[take]):
+                for start in range(0, take, chunk):
+                    stop = min(start + chunk, take)
+                    log_q = torch.log_softmax(stack.logits(hidden[row, start:stop]), dim=-1)
+                    target = dense.logits[index, start:stop].to(stack.device).float()
+                    log_p = torch.log_softmax(target, dim=-1)
+                    total += (log_p.exp() * (log_p - log_q)).sum(dtype=torch.float64)
+        scores[prefix] = total.item() / tokens
+    return [scores[p] for p in prefix_of]
+

@@ -1,0 +1,76 @@
+"""The run folder: what a prune run has made so far, so that an interrupted run resumes where it stopped.
+
+It sits next to the output (`.NAME.hubprune-run/` for output `NAME`, or `--run-dir`) and holds
+`job.json` (the settings it belongs to) and one JSON file per finished step: the dense evaluation, the
+method's selection (plan and report), and whatever checkpoints a method writes as it goes (EvoPress
+saves its population every generation). Running the same command again reuses those files; a run with
+other settings starts afresh; a successful run deletes the folder, and so does a failed one that had
+finished nothing.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+from .export import write_json
+
+log = logging.getLogger("hubprune")
+
+JOB_FILE = "job.json"
+
+
+def default_run_dir(output: str | Path) -> Path:
+    output = Path(output)
+    return output.with_name(f".{output.name}.hubprune-run")
+
+
+class RunFolder:
+    """A folder of named JSON records and files, bound to one set of job settings (`key`)."""
+
+    def __init__(self, path: str | Path, key: dict):
+        self.path = Path(path)
+        self.key = json.loads(json.dumps(key, default=str))  # as it reads back from disk
+        job_file = self.path / JOB_FILE
+        self.resumed = False
+        if job_file.is_file():
+            if json.loads(job_file.read_text()) == self.key:
+                self.resumed = True
+                log.warning("resuming the interrupted run in %s (delete it to start over)", self.path)
+            else:
+                log.warning("%s belongs to a run with other settings; starting afresh", self.path)
+                shutil.rmtree(self.path)
+        self.path.mkdir(parents=True, exist_ok=True)
+        write_json(job_file, self.key)
+
+    def file(self, name: str) -> Path:
+        return self.path / name
+
+    def load(self, name: str) -> dict | None:
+        path = self.path / f"{name}.json"
+        return json.loads(path.read_text()) if path.is_file() else None
+
+    def save(self, name: str, data: dict) -> None:
+        write_json(self.path / f"{name}.json", data)
+
+    def cached(self, name: str, make: Callable[[], dict]) -> dict:
+        """The saved record `name`, or `make()` saved as it."""
+        if self.load(name) is None:
+            self.save(name, make())
+        return self.load(name)  # as read back, so a resumed run continues from exactly the same values
+
+    def steps(self) -> list[str]:
+        return sorted(f.stem for f in self.path.glob("*.json") if f.name != JOB_FILE)
+
+    def __enter__(self) -> RunFolder:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        """Done: delete. Failed or interrupted: keep the finished steps for the next run (if any)."""
+        if exc_type is not None and self.steps():
+            log.warning("finished steps (%s) are kept in %s: the same command resumes from them",
+                        ", ".join(self.steps()), self.path)
+        else:
+            shutil.rmtree(self.path, ignore_errors=True)
