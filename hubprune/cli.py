@@ -23,6 +23,7 @@ examples:
   hubprune info default
   hubprune prune default --method 2ssp --sparsity 0.25 --output out/smollm2-2ssp25 --ppl default
   hubprune prune meta-llama/Llama-2-7b-hf --method 2ssp --sparsity 0.375 --device cuda --output out/llama2-2ssp
+  hubprune prune meta-llama/Llama-2-7b-hf --method fasp --sparsity 0.3 --device cuda --output out/llama2-fasp30
   hubprune prune default --method manual --plan examples/smollm2-plan.yaml --output out/smollm2 --ppl default
   hubprune eval out/smollm2 --ppl default,wikitext2 --output out/smollm2-eval
   hubprune info out/smollm2
@@ -37,13 +38,15 @@ exit status: 0 on success, 2 on bad input or an environment problem (one line on
 PRUNE_EPILOG = """\
 plan file (--method manual), JSON or YAML; layer indices of the source model, omitted keys remove nothing:
   keep_ffn_neurons: {"0": [0, 1, 5, ...]}   FFN neurons kept in layer 0 (the others are removed)
+  keep_value_channels: {"0": [[0, 2], [1, 3]]}  value channels kept per KV group of layer 0 (same count
+                                            in every group; v_proj rows and o_proj columns go, Q/K stay)
   skip_attention: [3, 4]                    attention removed (residual pass-through, no KV cache)
   skip_mlp: [7]                             MLP removed
   drop_blocks: [10, 11]                     whole decoder blocks removed
 
 The output folder holds the weights (safetensors), config, tokenizer, remote code when needed,
-hubprune_plan.json (replay it with --method manual --plan) and hubprune.json (all settings and
-results). It is written to a temporary folder and moved into place when complete."""
+hubprune_plan.json (replay it with --method manual --plan; weights refitted by fasp's restoration are
+not part of the plan) and hubprune.json (all settings and results). It is written to a temporary folder and moved into place when complete."""
 
 
 class _Parser(argparse.ArgumentParser):
@@ -55,7 +58,7 @@ class _Parser(argparse.ArgumentParser):
 METHOD_OPTIONS = ("plan", "calib_data", "calib_samples", "ffn_multiple", "alpha", "stage2_samples", "stage2",
                   "stage2_batch", "shortgpt_tokens", "blockpruner_mode", "evopress_generations", "evopress_tokens",
                   "evopress_seq_len", "evopress_offspring", "evopress_initial", "evopress_selection_tokens",
-                  "evopress_batch")
+                  "evopress_batch", "fasp_sparsity_semantics", "no_restore")
 
 
 def _csv(value: str) -> list[str]:
@@ -114,7 +117,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="calibration text: c4 (the reference), default (embedded), wikitext2, or a .txt/.jsonl file "
                         "[auto: c4, or default for MODEL=default]")
     c.add_argument("--calib-samples", type=int, metavar="N",
-                   help="calibration windows of --seq-len tokens [2ssp: 32, shortgpt / window: 256]")
+                   help="calibration windows of --seq-len tokens [2ssp / fasp: 32, shortgpt / window: 256, "
+                        "blockpruner: 1]")
     c.add_argument("--ffn-multiple", type=int, metavar="M",
                    help="round kept FFN widths to a multiple of M; unaligned widths run slower on GPUs, "
                         "1 reproduces the paper exactly [8]")
@@ -130,6 +134,12 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--shortgpt-tokens", choices=["last", "all"],
                    help="block influence from the last token of each window (the 2SSP reference) or from every "
                         "token (the ShortGPT paper) [last]")
+    f = p.add_argument_group("fasp")
+    f.add_argument("--fasp-sparsity-semantics", choices=["params", "columns"],
+                   help="params: remove --sparsity of the decoder-layer parameters (comparable with 2SSP); "
+                        "columns: remove --sparsity of each pair's columns, fewer parameters since Q/K stay [params]")
+    f.add_argument("--no-restore", action="store_const", const=True,
+                   help="prune without the least-squares refit of o_proj / down_proj (an ablation)")
     bp = p.add_argument_group("blockpruner")
     bp.add_argument("--blockpruner-mode", choices=["paired", "mix"],
                    help="paired: each round removes one attention then one MLP, k of each (the 2SSP reference); "

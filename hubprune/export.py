@@ -133,7 +133,8 @@ class ShardWriter:
                                                      "weight_map": weight_map})
 
 
-def save_streamed_weights(folder: Path, loaded, plan: PrunePlan, *, max_shard_size: int | None = None) -> None:
+def save_streamed_weights(folder: Path, loaded, plan: PrunePlan, *, max_shard_size: int | None = None,
+                          overrides=None) -> None:
     """The pruned weights of a model loaded with offload, read from its shards one block at a time."""
     family, shards = loaded.family, loaded.shards
     num_layers = loaded.model.config.num_hidden_layers
@@ -147,7 +148,8 @@ def save_streamed_weights(folder: Path, loaded, plan: PrunePlan, *, max_shard_si
         prefix = f"{family.layers_prefix}{layer}."
         tensors = shards.read(shards.names(prefix), device=cpu, dtype=loaded.dtype)
         local = {name[len(prefix):]: tensor for name, tensor in tensors.items()}
-        for name, tensor in prune_block(local, layer, plan, family).items():
+        restored = overrides(layer) if overrides else None
+        for name, tensor in prune_block(local, layer, plan, family, loaded.model.config, restored).items():
             writer.add(f"{family.layers_prefix}{new_index}.{name}", tensor)
     writer.close()
 

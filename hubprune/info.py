@@ -28,8 +28,10 @@ def model_info(reference: str, *, revision: str | None = None, token: str | None
         info["hubprune"] = record
     blocks = getattr(config, "block_configs", None)
     if blocks:
+        head_dim = family.value_groups(config)[1]
         info["blocks"] = [
             {"layer": i, "attention": not b["attention"]["no_op"],
+             "value_head_dim": None if b["attention"]["no_op"] else b["attention"].get("v_head_dim", head_dim),
              "ffn_width": 0 if b["ffn"]["no_op"] else b["ffn"]["intermediate_size"]}
             for i, b in enumerate(blocks)
         ]
@@ -57,7 +59,8 @@ def format_info(info: dict) -> str:
                          + (f" (requested {requested:.2%})" if requested is not None else "")
                          + " of decoder-layer parameters")
     if "blocks" in info:
-        lines.append("layer  attention  ffn_width")
+        lines.append("layer  attention  value_dim  ffn_width")
         lines += [f"{b['layer']:>5}  {'yes' if b['attention'] else 'skipped':>9}  "
+                  f"{b['value_head_dim'] if b['attention'] else '-':>9}  "
                   f"{b['ffn_width'] if b['ffn_width'] else 'skipped':>9}" for b in info["blocks"]]
     return "\n".join(lines)

@@ -30,7 +30,7 @@ from .export import (
 from .loading import LoadedModel, load_model
 from .methods import PruneContext, get_method
 from .plan import PrunePlan
-from .runs import RunFolder, default_run_dir
+from .runs import LayerTensors, RunFolder, default_run_dir
 from .sequential import DecoderStack, ShardReader, stack_perplexity
 from .surgery import apply_plan, decoder_parameters, model_class, pruned_config, total_parameters
 
@@ -87,6 +87,7 @@ class PruneJob:
 class PruneResult:
     output: Path
     record: dict
+    model: torch.nn.Module | None = None  # the pruned model in memory (None when it was streamed to disk)
 
 
 def seed_everything(seed: int) -> None:
@@ -155,16 +156,19 @@ def prune(model: str, method: str = "manual", *, output: str | Path, sparsity: f
         dense_ppl = run.cached("dense-evaluation", lambda: perplexities(loaded, job.ppl, label="dense", **evaluate_kwargs)
                                ) if job.ppl else {}
 
-        context = PruneContext(loaded, sparsity, seed, job.options, seq_len=seq_len, run=run)
+        context = PruneContext(loaded, sparsity, seed, job.options, seq_len=seq_len, run=run,
+                               restored=LayerTensors(run.file("restored")))
 
         def select() -> dict:
             started = time.perf_counter()
             plan = method_impl.select(context)
-            plan.validate(dense.config.num_hidden_layers, loaded.family.ffn_width(dense.config))  # before it is kept
+            plan.validate(dense.config.num_hidden_layers, loaded.family.ffn_width(dense.config),
+                          loaded.family.value_groups(dense.config))  # before it is kept
             return {"plan": plan.to_dict(), "report": context.report, "seconds": time.perf_counter() - started}
 
         selection = run.cached("selection", select)
         plan, context.report, select_seconds = PrunePlan.from_dict(selection["plan"]), selection["report"], selection["seconds"]
+        restored = context.restored if context.restored else None  # weights a method refitted, by layer
         dense_counts = {"total": total_parameters(dense), "decoder": decoder_parameters(dense)}
         summary = {"hubprune_version": __version__, "method": method, "source": loaded.source.repo_id or str(model),
                    "source_revision": loaded.source.revision, "sparsity_requested": sparsity}
@@ -198,9 +202,10 @@ def prune(model: str, method: str = "manual", *, output: str | Path, sparsity: f
 
         normalized = plan.normalized(dense.config.num_hidden_layers)
         shard_size = source_shard_size(loaded.source.path)
+        pruned = None
         if loaded.shards is None:
             started = time.perf_counter()
-            pruned = apply_plan(dense, plan, record=summary)
+            pruned = apply_plan(dense, plan, record=summary, overrides=restored)
             complete(_in_memory(pruned, loaded), time.perf_counter() - started)
             with atomic_folder(output, overwrite) as folder:
                 save_model_folder(folder, pruned, loaded.tokenizer, plan=normalized, record=record,
@@ -208,11 +213,11 @@ def prune(model: str, method: str = "manual", *, output: str | Path, sparsity: f
         else:
             with atomic_folder(output, overwrite) as folder:
                 started = time.perf_counter()
-                pruned_loaded = _streamed_export(folder, loaded, plan, summary, shard_size)
+                pruned_loaded = _streamed_export(folder, loaded, plan, summary, shard_size, restored)
                 complete(pruned_loaded, time.perf_counter() - started)
                 pruned_loaded.model.config.save_pretrained(folder)  # now that `summary` holds the counts
                 save_companions(folder, pruned_loaded.model.config, loaded.tokenizer, plan=normalized, record=record)
-    return PruneResult(output, record)
+    return PruneResult(output, record, pruned)
 
 
 def _in_memory(model, like: LoadedModel) -> LoadedModel:
@@ -220,11 +225,12 @@ def _in_memory(model, like: LoadedModel) -> LoadedModel:
 
 
 def _streamed_export(folder: Path, loaded: LoadedModel, plan: PrunePlan, summary: dict,
-                     shard_size: int | None) -> LoadedModel:
+                     shard_size: int | None, restored: LayerTensors | None) -> LoadedModel:
     """Write the pruned weights from the source shards; return the output as a streamable model."""
-    plan.validate(loaded.model.config.num_hidden_layers, loaded.family.ffn_width(loaded.model.config))
+    config = loaded.model.config
+    plan.validate(config.num_hidden_layers, loaded.family.ffn_width(config), loaded.family.value_groups(config))
     config = pruned_config(loaded.model.config, plan, loaded.family, summary)
-    save_streamed_weights(folder, loaded, plan, max_shard_size=shard_size)
+    save_streamed_weights(folder, loaded, plan, max_shard_size=shard_size, overrides=restored)
     if (loaded.source.path / "generation_config.json").is_file():
         shutil.copy(loaded.source.path / "generation_config.json", folder)
     with torch.device("meta"):

@@ -4,6 +4,8 @@ Every method turns (model, calibration data, options) into a plan; `surgery.appl
 Layer indices refer to the *source* model. The file format (JSON or YAML) is
 
     {"keep_ffn_neurons": {"<layer>": [indices]},   # FFN neurons kept in that layer, others removed
+     "keep_value_channels": {"<layer>": [[c, ...], ...]},  # per KV group, the value channels kept
+                                                   # (same count in every group; Q/K untouched)
      "skip_attention": [layers],                   # attention sub-module removed (residual pass-through)
      "skip_mlp": [layers],                         # MLP sub-module removed
      "drop_blocks": [layers]}                      # whole decoder block removed
@@ -22,7 +24,8 @@ import yaml
 from .errors import PlanError
 
 PLAN_FILENAME = "hubprune_plan.json"
-PLAN_KEYS = ("keep_ffn_neurons", "skip_attention", "skip_mlp", "drop_blocks")
+PLAN_KEYS = ("keep_ffn_neurons", "skip_attention", "skip_mlp", "drop_blocks", "keep_value_channels")
+_LAYER_LISTS = ("skip_attention", "skip_mlp", "drop_blocks")
 
 
 @dataclass
@@ -31,6 +34,7 @@ class PrunePlan:
     skip_attention: list[int] = field(default_factory=list)
     skip_mlp: list[int] = field(default_factory=list)
     drop_blocks: list[int] = field(default_factory=list)
+    keep_value_channels: dict[int, list[list[int]]] = field(default_factory=dict)
 
     # -- (de)serialisation ------------------------------------------------------------------
     @classmethod
@@ -43,12 +47,17 @@ class PrunePlan:
         keep = data.get("keep_ffn_neurons") or {}
         if not isinstance(keep, dict):
             raise PlanError('keep_ffn_neurons must map a layer index to a list of neuron indices, e.g. {"0": [0, 5]}')
+        values = data.get("keep_value_channels") or {}
+        if not isinstance(values, dict):
+            raise PlanError('keep_value_channels must map a layer index to one list of channels per KV group, '
+                            'e.g. {"0": [[0, 3], [1, 2]]}')
         try:
             keep_ffn = {int(layer): [int(i) for i in idx] for layer, idx in keep.items()}
-            lists = {k: [int(i) for i in (data.get(k) or [])] for k in PLAN_KEYS[1:]}
+            keep_values = {int(layer): [[int(c) for c in group] for group in groups] for layer, groups in values.items()}
+            lists = {k: [int(i) for i in (data.get(k) or [])] for k in _LAYER_LISTS}
         except (TypeError, ValueError) as exc:
             raise PlanError(f"plan indices must be integers ({exc})") from None
-        return cls(keep_ffn_neurons=keep_ffn, **lists)
+        return cls(keep_ffn_neurons=keep_ffn, keep_value_channels=keep_values, **lists)
 
     @classmethod
     def load(cls, path: str | Path) -> PrunePlan:
@@ -68,14 +77,16 @@ class PrunePlan:
             "skip_attention": sorted(self.skip_attention),
             "skip_mlp": sorted(self.skip_mlp),
             "drop_blocks": sorted(self.drop_blocks),
+            "keep_value_channels": {str(k): [list(g) for g in v] for k, v in sorted(self.keep_value_channels.items())},
         }
 
     def save(self, path: str | Path) -> None:
         Path(path).write_text(json.dumps(self.to_dict(), indent=1) + "\n")
 
     # -- checks and normal form -------------------------------------------------------------
-    def validate(self, num_layers: int, ffn_width: int) -> None:
-        """Raise PlanError naming the first problem: indices out of range, duplicates, contradictions."""
+    def validate(self, num_layers: int, ffn_width: int, value_groups: tuple[int, int] | None = None) -> None:
+        """Raise PlanError naming the first problem: indices out of range, duplicates, contradictions.
+        `value_groups` is (KV heads, head dim), needed to check keep_value_channels."""
 
         def check_layers(name: str, layers) -> None:
             bad = [l for l in layers if not 0 <= l < num_layers]
@@ -85,7 +96,7 @@ class PrunePlan:
             if dup:
                 raise PlanError(f"{name}: layer {dup[0]} listed twice")
 
-        for key in PLAN_KEYS[1:]:
+        for key in _LAYER_LISTS:
             check_layers(key, getattr(self, key))
         check_layers("keep_ffn_neurons", list(self.keep_ffn_neurons))
         for layer, idx in self.keep_ffn_neurons.items():
@@ -98,6 +109,20 @@ class PrunePlan:
                 raise PlanError(f"keep_ffn_neurons[{layer}] lists a neuron twice")
             if layer in self.skip_mlp or layer in self.drop_blocks:
                 raise PlanError(f"layer {layer} both keeps FFN neurons and removes its MLP; choose one")
+        check_layers("keep_value_channels", list(self.keep_value_channels))
+        for layer, groups in self.keep_value_channels.items():
+            if value_groups is None:
+                raise PlanError("keep_value_channels is not supported for this architecture")
+            heads, head_dim = value_groups
+            if len(groups) != heads:
+                raise PlanError(f"keep_value_channels[{layer}] has {len(groups)} group(s); the model has {heads} KV heads")
+            if len({len(g) for g in groups}) != 1 or not groups[0]:
+                raise PlanError(f"keep_value_channels[{layer}]: every KV group must keep the same number (>= 1) of channels")
+            for group in groups:
+                if any(not 0 <= c < head_dim for c in group) or len(set(group)) != len(group):
+                    raise PlanError(f"keep_value_channels[{layer}]: channels must be distinct and in 0..{head_dim - 1}")
+            if layer in self.skip_attention or layer in self.drop_blocks:
+                raise PlanError(f"layer {layer} both keeps value channels and removes its attention; choose one")
         if not self.kept_layers(num_layers):
             raise PlanError("the plan removes every decoder block; keep at least one")
 
@@ -106,6 +131,8 @@ class PrunePlan:
         drop = set(self.drop_blocks) | (set(self.skip_attention) & set(self.skip_mlp))
         return PrunePlan(
             keep_ffn_neurons={l: sorted(v) for l, v in sorted(self.keep_ffn_neurons.items()) if l not in drop},
+            keep_value_channels={l: [sorted(g) for g in v] for l, v in sorted(self.keep_value_channels.items())
+                                 if l not in drop},
             skip_attention=sorted(set(self.skip_attention) - drop),
             skip_mlp=sorted(set(self.skip_mlp) - drop),
             drop_blocks=sorted(drop),

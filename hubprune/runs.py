@@ -74,3 +74,31 @@ class RunFolder:
                         ", ".join(self.steps()), self.path)
         else:
             shutil.rmtree(self.path, ignore_errors=True)
+
+
+class LayerTensors:
+    """Tensors per source layer (names local to the block), one safetensors file per layer in a folder:
+    the weights a restoring method refitted, applied on top of the plan when the output is written."""
+
+    def __init__(self, folder: str | Path):
+        self.folder = Path(folder)
+
+    def _file(self, layer: int) -> Path:
+        return self.folder / f"layer-{layer:05d}.safetensors"
+
+    def save(self, layer: int, tensors: dict) -> None:
+        from safetensors.torch import save_file
+
+        self.folder.mkdir(parents=True, exist_ok=True)
+        tmp = self.folder / f".layer-{layer:05d}.tmp"
+        save_file({k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}, tmp)
+        tmp.replace(self._file(layer))
+
+    def __call__(self, layer: int) -> dict | None:
+        from safetensors.torch import load_file
+
+        path = self._file(layer)
+        return load_file(path) if path.is_file() else None
+
+    def __bool__(self) -> bool:
+        return self.folder.is_dir() and any(self.folder.glob("layer-*.safetensors"))

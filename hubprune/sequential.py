@@ -146,16 +146,19 @@ class DecoderStack:
 
     @torch.no_grad()
     def run(self, layer: torch.nn.Module, index: int, hidden: torch.Tensor, *, skip_attention: bool = False,
-            skip_mlp: bool = False, mlp_params: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+            skip_mlp: bool = False, mlp_params: dict[str, torch.Tensor] | None = None,
+            attn_params: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
         """One block on `hidden` [batch, seq, d]. A skipped sub-module adds nothing to the residual (its
-        norm is not evaluated either). `mlp_params` replaces the MLP's weights, e.g. by a sliced FFN."""
+        norm is not evaluated either). `mlp_params` / `attn_params` replace some of the MLP's / the
+        attention's weights (names local to it), e.g. by a sliced FFN or a refitted o_proj."""
         inputs = self.inputs(hidden.shape[0], hidden.shape[1])
         self.block_forwards += hidden.shape[0]
         attention = getattr(layer, "self_attn", None)
         if attention is not None and not skip_attention:
-            out, _ = attention(hidden_states=layer.input_layernorm(hidden),
-                               attention_mask=inputs.masks.get(self.layer_types[index]),
-                               position_ids=inputs.position_ids, position_embeddings=inputs.position_embeddings)
+            kwargs = dict(hidden_states=layer.input_layernorm(hidden),
+                          attention_mask=inputs.masks.get(self.layer_types[index]),
+                          position_ids=inputs.position_ids, position_embeddings=inputs.position_embeddings)
+            out, _ = attention(**kwargs) if attn_params is None else functional_call(attention, attn_params, (), kwargs)
             hidden = hidden + out
         mlp = getattr(layer, "mlp", None)
         if mlp is not None and not skip_mlp:

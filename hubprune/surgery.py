@@ -6,6 +6,8 @@ hubprune remote-code architecture (`hubprune.modeling`). Weights keep the source
 """
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, PretrainedConfig, PreTrainedModel
 
@@ -30,7 +32,7 @@ def total_parameters(model: PreTrainedModel) -> int:
 
 def needs_custom_code(plan: PrunePlan, num_layers: int) -> bool:
     plan = plan.normalized(num_layers)
-    if plan.skip_attention or plan.skip_mlp:
+    if plan.skip_attention or plan.skip_mlp or plan.keep_value_channels:
         return True
     widths = {len(plan.keep_ffn_neurons.get(l, ())) or None for l in plan.kept_layers(num_layers)}
     return len(widths) > 1  # a mix of pruned and unpruned layers, or different widths
@@ -54,7 +56,9 @@ def pruned_config(source: PretrainedConfig, plan: PrunePlan, family: Family, rec
         data["layer_types"] = [source_types[l] for l in kept]
         data["block_configs"] = [
             {
-                "attention": {"no_op": l in plan.skip_attention, "num_key_value_heads": source.num_key_value_heads},
+                "attention": {"no_op": l in plan.skip_attention, "num_key_value_heads": source.num_key_value_heads,
+                              **({"v_head_dim": len(plan.keep_value_channels[l][0])}
+                                 if l in plan.keep_value_channels else {})},
                 "ffn": {
                     "no_op": l in plan.skip_mlp,
                     "intermediate_size": 0 if l in plan.skip_mlp else len(plan.keep_ffn_neurons.get(l, range(width))),
@@ -73,19 +77,29 @@ def pruned_config(source: PretrainedConfig, plan: PrunePlan, family: Family, rec
     return config
 
 
-def prune_block(tensors: dict[str, torch.Tensor], layer: int, plan: PrunePlan, family: Family) -> dict[str, torch.Tensor]:
-    """One source block's tensors (names local to the block) with the plan applied (plan normalized)."""
+def prune_block(tensors: dict[str, torch.Tensor], layer: int, plan: PrunePlan, family: Family, config: PretrainedConfig,
+                overrides: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+    """One source block's tensors (names local to the block) with the plan applied (plan normalized).
+    `overrides` replaces tensors after slicing, e.g. weights refitted by a restoring method."""
     if layer in plan.skip_attention:
         tensors = {k: v for k, v in tensors.items() if not family.is_attention_param(k)}
+    elif layer in plan.keep_value_channels:
+        tensors = family.slice_values(tensors, plan.keep_value_channels[layer], config)
     if layer in plan.skip_mlp:
         tensors = {k: v for k, v in tensors.items() if not family.is_mlp_param(k)}
     elif layer in plan.keep_ffn_neurons:
         tensors = family.slice_ffn(tensors, torch.tensor(plan.keep_ffn_neurons[layer], dtype=torch.long))
+    for name, tensor in (overrides or {}).items():
+        if name not in tensors or tensors[name].shape != tensor.shape:
+            raise RuntimeError(f"restored weight {name} of layer {layer} does not match the pruned block")
+        tensors[name] = tensor.to(device=tensors[name].device, dtype=tensors[name].dtype)
     return tensors
 
 
-def pruned_state_dict(model: PreTrainedModel, plan: PrunePlan, family: Family) -> dict[str, torch.Tensor]:
-    """Source weights with the plan applied and layers renumbered. Kept tensors are shared, not copied."""
+def pruned_state_dict(model: PreTrainedModel, plan: PrunePlan, family: Family,
+                      overrides: Callable[[int], dict[str, torch.Tensor]] | None = None) -> dict[str, torch.Tensor]:
+    """Source weights with the plan applied and layers renumbered. Kept tensors are shared, not copied.
+    `overrides(layer)` gives the restored tensors of a source layer (see `prune_block`)."""
     num_layers = model.config.num_hidden_layers
     plan = plan.normalized(num_layers)
     by_layer: dict[int, dict[str, torch.Tensor]] = {}
@@ -97,7 +111,8 @@ def pruned_state_dict(model: PreTrainedModel, plan: PrunePlan, family: Family) -
         else:
             out[name] = tensor
     for new_index, layer in enumerate(plan.kept_layers(num_layers)):
-        for local, tensor in prune_block(by_layer[layer], layer, plan, family).items():
+        restored = overrides(layer) if overrides else None
+        for local, tensor in prune_block(by_layer[layer], layer, plan, family, model.config, restored).items():
             out[f"{family.layers_prefix}{new_index}.{local}"] = tensor
     return out
 
@@ -126,11 +141,12 @@ def build_model(config: PretrainedConfig, state_dict: dict[str, torch.Tensor], *
     return model.to(device).eval()
 
 
-def apply_plan(model: PreTrainedModel, plan: PrunePlan, record: dict | None = None) -> PreTrainedModel:
+def apply_plan(model: PreTrainedModel, plan: PrunePlan, record: dict | None = None,
+               overrides: Callable[[int], dict[str, torch.Tensor]] | None = None) -> PreTrainedModel:
     """The pruned model, on the source model's device and in its dtype."""
     family = get_family(model.config.model_type)
-    plan.validate(model.config.num_hidden_layers, family.ffn_width(model.config))
+    plan.validate(model.config.num_hidden_layers, family.ffn_width(model.config), family.value_groups(model.config))
     config = pruned_config(model.config, plan, family, record)
-    state = pruned_state_dict(model, plan, family)
+    state = pruned_state_dict(model, plan, family, overrides)
     return build_model(config, state, dtype=model.dtype, device=model.device,
                        attn_implementation=model.config._attn_implementation)

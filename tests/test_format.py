@@ -13,9 +13,11 @@ from hubprune.export import save_model_folder
 from hubprune.plan import PrunePlan
 from hubprune.surgery import apply_plan, needs_custom_code
 
-# Layer 0 without attention is the KV-cache trap; the rest covers every kind of removal at once.
+# Layer 0 without attention is the KV-cache trap; the rest covers every kind of removal at once,
+# including narrower value heads (head_dim 16; 2 KV groups, each keeping its own channels).
 PLAN = PrunePlan(
     keep_ffn_neurons={1: list(range(0, 96, 2)), 3: list(range(70))},
+    keep_value_channels={1: [[0, 3, 5, 6, 9, 10, 12, 15], [1, 2, 4, 7, 8, 11, 13, 14]], 2: [[15, 2, 7], [0, 1, 2]]},
     skip_attention=[0, 3],
     skip_mlp=[2],
     drop_blocks=[4],
@@ -45,6 +47,15 @@ def hook_masked_logits(dense, plan: PrunePlan, input_ids, attention_mask=None):
             handles.append(layer.self_attn.register_forward_hook(lambda mod, inp, out: (torch.zeros_like(out[0]), out[1])))
         if index in plan.skip_mlp:
             handles.append(layer.mlp.register_forward_hook(lambda mod, inp, out: torch.zeros_like(out)))
+        if index in plan.keep_value_channels:  # zero the removed (head, channel) inputs of o_proj
+            config = dense.config
+            head_dim = config.hidden_size // config.num_attention_heads
+            per_group = config.num_attention_heads // config.num_key_value_heads
+            mask = torch.zeros(config.num_attention_heads * head_dim)
+            for head in range(config.num_attention_heads):
+                for channel in plan.keep_value_channels[index][head // per_group]:
+                    mask[head * head_dim + channel] = 1
+            handles.append(layer.self_attn.o_proj.register_forward_pre_hook(lambda mod, inp, m=mask: (inp[0] * m,)))
         if index in plan.keep_ffn_neurons:
             mask = torch.zeros(dense.config.intermediate_size)
             mask[plan.keep_ffn_neurons[index]] = 1

@@ -18,6 +18,8 @@ class Family:
     mlp_norm = "post_attention_layernorm."
     ffn_rows = ("mlp.gate_proj", "mlp.up_proj")  # producers: their output rows are FFN neurons
     ffn_cols = ("mlp.down_proj",)  # consumer: its input columns are FFN neurons
+    value_rows = "self_attn.v_proj"  # producer of the value channels
+    value_cols = "self_attn.o_proj"  # consumer: column h * head_dim + c is channel c of head h
 
     @property
     def pruned_model_type(self) -> str:
@@ -50,6 +52,34 @@ class Family:
         for name in self.ffn_cols:
             weight = out[name + ".weight"]
             out[name + ".weight"] = weight.index_select(1, keep.to(weight.device))
+        return out
+
+    def value_groups(self, config) -> tuple[int, int]:
+        """(KV heads, head dim): a value channel is one (KV group, channel) pair."""
+        return config.num_key_value_heads, getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+
+    def value_columns(self, config, groups: list[list[int]]) -> torch.Tensor:
+        """The o_proj input columns of the kept value channels, in the pruned layout (head-major)."""
+        heads_per_group = config.num_attention_heads // config.num_key_value_heads
+        head_dim = self.value_groups(config)[1]
+        return torch.tensor([h * head_dim + c for h in range(config.num_attention_heads)
+                             for c in groups[h // heads_per_group]], dtype=torch.long)
+
+    def value_row_indices(self, config, groups: list[list[int]]) -> torch.Tensor:
+        """The v_proj output rows of the kept value channels, in the pruned layout (group-major)."""
+        head_dim = self.value_groups(config)[1]
+        return torch.tensor([g * head_dim + c for g, channels in enumerate(groups) for c in channels], dtype=torch.long)
+
+    def slice_values(self, tensors: dict[str, torch.Tensor], groups: list[list[int]], config) -> dict[str, torch.Tensor]:
+        """Keep value channels `groups` (per KV group) in one block's tensors: v rows (+ bias), o columns."""
+        out = dict(tensors)
+        rows = self.value_row_indices(config, groups)
+        for suffix in (".weight", ".bias"):
+            name = self.value_rows + suffix
+            if name in out:
+                out[name] = out[name].index_select(0, rows.to(out[name].device))
+        weight = out[self.value_cols + ".weight"]
+        out[self.value_cols + ".weight"] = weight.index_select(1, self.value_columns(config, groups).to(weight.device))
         return out
 
     def source_layer_types(self, config) -> list[str]:

@@ -18,3 +18,15 @@ class Phi3Family(Family):
         out = super().slice_ffn({k: v for k, v in tensors.items() if k != "mlp.gate_up_proj.weight"}, keep)
         out["mlp.gate_up_proj.weight"] = fused.index_select(0, torch.cat([keep, keep + width]))
         return out
+
+    def slice_values(self, tensors: dict[str, torch.Tensor], groups: list[list[int]], config) -> dict[str, torch.Tensor]:
+        # qkv_proj stacks q [0, H·d), k [H·d, (H+K)·d) and v [(H+K)·d, (H+2K)·d): keep every q/k row.
+        heads, head_dim = config.num_attention_heads, self.value_groups(config)[1]
+        qk = (heads + config.num_key_value_heads) * head_dim
+        fused = tensors["self_attn.qkv_proj.weight"]
+        rows = torch.cat([torch.arange(qk), qk + self.value_row_indices(config, groups)]).to(fused.device)
+        out = dict(tensors)
+        out["self_attn.qkv_proj.weight"] = fused.index_select(0, rows)
+        weight = out[self.value_cols + ".weight"]
+        out[self.value_cols + ".weight"] = weight.index_select(1, self.value_columns(config, groups).to(weight.device))
+        return out

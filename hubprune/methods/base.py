@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:  # keep `hubprune methods` free of torch/transformers imports
     from ..loading import LoadedModel
     from ..plan import PrunePlan
-    from ..runs import RunFolder
+    from ..runs import LayerTensors, RunFolder
     from ..sequential import DecoderStack
 
 
@@ -29,6 +29,7 @@ class PruneContext:
     seq_len: int = 2048
     report: dict = field(default_factory=dict)
     run: RunFolder | None = None
+    restored: LayerTensors | None = None  # where a restoring method puts its refitted weights
 
     def calibration(self, name: str, count: int):
         """`count` calibration windows of `seq_len` tokens and their provenance. `auto` is the

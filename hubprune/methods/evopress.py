@@ -156,10 +156,12 @@ class EvoPress(BlockBudgetMethod):
             started = time.perf_counter()
             initial = distinct(rng, s["initially_generated"], lambda: random_candidate(rng, n, k))
             population, fitness = select_best(initial, 1, s["initial_tokens"], rng)
+            seconds = time.perf_counter() - started
             state = _checkpoint(context, rng, {
                 "generation": 0, "population": population, "fitness": fitness,
-                "initial": {"candidate": population[0], "fitness": fitness[0], "generated": len(initial)},
-                "history": [], "seconds": time.perf_counter() - started})
+                "initial": {"candidate": population[0], "fitness": fitness[0], "generated": len(initial),
+                            "seconds": seconds},
+                "history": [], "seconds": seconds})
         else:
             state = _restore(saved, rng)
         with _progress(s["generations"], state["generation"]) as bar:
@@ -172,9 +174,10 @@ class EvoPress(BlockBudgetMethod):
                     if step == len(SURVIVORS) - 1:
                         offspring += [p for p in population if p not in offspring]
                     offspring, fitness = select_best(offspring, survive, tokens, rng)
+                seconds = time.perf_counter() - started
                 state.update(generation=state["generation"] + 1, population=offspring, fitness=fitness,
-                             seconds=state["seconds"] + time.perf_counter() - started)
-                state["history"].append({"fitness": fitness[0], "candidate": offspring[0]})
+                             seconds=state["seconds"] + seconds)
+                state["history"].append({"fitness": fitness[0], "candidate": offspring[0], "seconds": seconds})
                 state = _checkpoint(context, rng, state)
                 bar.update()
         timings["search"] = state["seconds"]

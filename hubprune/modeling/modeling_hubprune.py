@@ -9,9 +9,12 @@
 #        there, and the KV cache holds a dummy entry for it (see configuration_hubprune.py);
 #      - `ffn.no_op`: no post-attention norm and no MLP;
 #      - `ffn.intermediate_size`: this block's own FFN width;
+#      - `attention.v_head_dim` (optional): fewer value channels per head than query/key channels
+#        (v_proj and o_proj narrowed; queries, keys and RoPE unchanged), see ValuePrunedAttention;
 #   2. removed whole blocks are simply absent (layers renumbered).
 import copy
 import importlib
+import sys
 from collections.abc import Callable
 
 import torch
@@ -21,7 +24,7 @@ from transformers.generation import GenerationMixin
 from transformers.masking_utils import create_causal_mask, create_sliding_window_causal_mask
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
-from transformers.modeling_utils import PreTrainedModel, slice_logits_to_keep
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, PreTrainedModel, slice_logits_to_keep
 from transformers.utils.deprecation import deprecate_kwarg
 
 from .configuration_hubprune import HubPruneLlamaConfig, HubPruneMistralConfig, HubPrunePhi3Config, HubPruneQwen2Config
@@ -39,6 +42,75 @@ def _family(config) -> str:
     return config.model_type.removeprefix("hubprune_")
 
 
+def _value_pruned_forward(
+    self,
+    hidden_states: torch.Tensor,
+    position_embeddings: tuple[torch.Tensor, torch.Tensor] | None = None,
+    attention_mask: torch.Tensor | None = None,
+    cache: Cache | None = None,
+    **kwargs,
+):
+    """The stock attention forward with `v_head_dim` value channels per head instead of `head_dim`.
+
+    Attention scores and RoPE use the untouched queries and keys; each head's output has v_head_dim
+    channels, so o_proj reads num_attention_heads * v_head_dim inputs. SDPA (math / memory-efficient)
+    and eager attention accept a value width different from the query width; flash-attention does not."""
+    stock = sys.modules[type(self).__mro__[1].__module__]  # apply_rotary_pos_emb, eager_attention_forward
+    input_shape = hidden_states.shape[:-1]
+    if hasattr(self, "qkv_proj"):  # Phi-3: fused q / k / v rows
+        qkv = self.qkv_proj(hidden_states)
+        q_end = self.config.num_attention_heads * self.head_dim
+        k_end = q_end + self.config.num_key_value_heads * self.head_dim
+        query_states, key_states, value_states = qkv[..., :q_end], qkv[..., q_end:k_end], qkv[..., k_end:]
+    else:
+        query_states = self.q_proj(hidden_states)
+        key_states = self.k_proj(hidden_states)
+        value_states = self.v_proj(hidden_states)
+    query_states = query_states.view(*input_shape, -1, self.head_dim).transpose(1, 2)
+    key_states = key_states.view(*input_shape, -1, self.head_dim).transpose(1, 2)
+    value_states = value_states.view(*input_shape, -1, self.v_head_dim).transpose(1, 2)
+
+    cos, sin = position_embeddings
+    query_states, key_states = stock.apply_rotary_pos_emb(query_states, key_states, cos, sin)
+    if cache is not None:
+        key_states, value_states = cache.update(key_states, value_states, self.layer_idx, kwargs=kwargs)
+
+    attention_interface: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(
+        self.config._attn_implementation, stock.eager_attention_forward
+    )
+    sliding_window = getattr(self, "sliding_window", getattr(self.config, "sliding_window", None))
+    attn_output, attn_weights = attention_interface(
+        self,
+        query_states,
+        key_states,
+        value_states,
+        attention_mask,
+        dropout=0.0 if not self.training else self.attention_dropout,
+        scaling=self.scaling,
+        sliding_window=sliding_window,
+        **kwargs,
+    )
+    attn_output = attn_output.reshape(*input_shape, -1).contiguous()
+    return self.o_proj(attn_output), attn_weights
+
+
+def _value_pruned_attention(family: str, config, layer_idx: int, v_head_dim: int) -> nn.Module:
+    """The family's stock attention with v_proj (or the value rows of qkv_proj) and o_proj narrowed."""
+    stock = _stock(family, "Attention")
+    cls = type(f"HubPrune{_STOCK[family]}ValuePrunedAttention", (stock,), {"forward": _value_pruned_forward})
+    attention = cls(config=config, layer_idx=layer_idx)
+    attention.v_head_dim = v_head_dim
+    values = config.num_key_value_heads * v_head_dim
+    if hasattr(attention, "qkv_proj"):
+        qk = (config.num_attention_heads + config.num_key_value_heads) * attention.head_dim
+        attention.qkv_proj = nn.Linear(config.hidden_size, qk + values, bias=attention.qkv_proj.bias is not None)
+    else:
+        attention.v_proj = nn.Linear(config.hidden_size, values, bias=attention.v_proj.bias is not None)
+    attention.o_proj = nn.Linear(config.num_attention_heads * v_head_dim, config.hidden_size,
+                                 bias=attention.o_proj.bias is not None)
+    return attention
+
+
 class HubPruneDecoderLayer(GradientCheckpointingLayer):
     def __init__(self, config, layer_idx: int):
         super().__init__()
@@ -50,7 +122,11 @@ class HubPruneDecoderLayer(GradientCheckpointingLayer):
         self.mlp = self.post_attention_layernorm = None
         if not block["attention"]["no_op"]:
             self.input_layernorm = rms_norm(config.hidden_size, eps=config.rms_norm_eps)
-            self.self_attn = _stock(family, "Attention")(config=config, layer_idx=layer_idx)
+            v_head_dim = block["attention"].get("v_head_dim")
+            if v_head_dim is None:
+                self.self_attn = _stock(family, "Attention")(config=config, layer_idx=layer_idx)
+            else:
+                self.self_attn = _value_pruned_attention(family, config, layer_idx, v_head_dim)
         if not block["ffn"]["no_op"]:
             # The stock MLP reads its width from the config: give it a copy with this block's width.
             mlp_config = copy.copy(config)

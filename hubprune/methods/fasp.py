@@ -1,0 +1,141 @@
+"""FASP (arXiv:2501.09412, 2025): interlinked column/row pruning with least-squares restoration,
+block by block, as reconstructed in algorithms.md §3 (no reference code exists; [REC] choices noted).
+
+Per block, on the calibration windows' hidden states (the pruned outputs of the blocks before it):
+1. Attention pair: the Gram matrix H_o of o_proj's inputs is accumulated; a value channel (KV group g,
+   channel c) scores the sum over the group's heads h of sqrt(H_o[j, j]) · ‖W_o[:, j]‖₁, j = h·d_head + c.
+   Every group keeps its own top v channels (the same count v in every group of the layer, so the
+   pruned heads stay uniform: `per_head_uniform`). v_proj loses the other rows (and bias entries),
+   o_proj the matching columns, and o_proj's kept columns are refitted by least squares (§3.4).
+2. FFN pair, on inputs recomputed with the pruned attention: the same for down_proj's columns (FFN
+   neurons), gate/up (or Phi-3's fused gate_up) losing the matching rows, down_proj refitted.
+3. The block's pruned output becomes the next block's input. Only one block is on the device.
+
+Q and K are never touched. Allocation is uniform: every block keeps the same value width and FFN
+width. `--fasp-sparsity-semantics params` (default) sizes them so the removed fraction of decoder-layer
+parameters is the request (comparable with 2SSP); `columns` removes the fraction s of each pair's
+columns. The FFN width is rounded to `--ffn-multiple`. `--no-restore` prunes without refitting.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import asdict, dataclass
+
+from ..errors import InvalidOptionError
+from ..plan import PrunePlan
+from .base import PruneContext, PruningMethod
+from .registry import register
+
+log = logging.getLogger("hubprune")
+
+DAMPING = 0.01  # λ = 0.01 · mean(diag H[S,S]) [REC, the SparseGPT / SliceGPT habit]
+FP64_GRAM_ABOVE = 16384  # accumulate H in fp64 for layers wider than this [REC]
+
+
+@dataclass(frozen=True)
+class Widths:
+    """What every block keeps, and the parameter arithmetic behind it (recorded in the report)."""
+
+    semantics: str
+    column_fraction: float  # ρ: the fraction of each pair's columns to remove
+    head_dim: int
+    value_keep: int  # value channels kept per head
+    ffn_width: int
+    ffn_keep: int
+    ffn_keep_exact: float
+    predicted_sparsity: float  # removed fraction of decoder-layer parameters with these widths
+
+
+def module_counts(model) -> dict:
+    """Parameters per block of what FASP can remove, on a weightless (meta) model."""
+    from ..families import get_family
+
+    config = model.config
+    family = get_family(config.model_type)
+    block = model.model.layers[0]
+    params = dict(block.named_parameters())
+    kv_heads, head_dim = family.value_groups(config)
+    value_rows = kv_heads * head_dim
+    if family.value_rows + ".weight" in params:
+        v_row = params[family.value_rows + ".weight"].shape[1] + (1 if family.value_rows + ".bias" in params else 0)
+    else:  # fused qkv (Phi-3): one row of it
+        v_row = params["self_attn.qkv_proj.weight"].shape[1] + (1 if "self_attn.qkv_proj.bias" in params else 0)
+    per_channel = v_row * value_rows + params[family.value_cols + ".weight"].shape[0] * config.num_attention_heads * head_dim
+    return {"block": sum(p.numel() for p in block.parameters()),
+            "decoder": sum(p.numel() for p in model.model.layers.parameters()),
+            "value_per_head_channel": per_channel / head_dim,  # one channel removed from every head
+            "mlp": sum(p.numel() for p in block.mlp.parameters()), "ffn_width": family.ffn_width(config),
+            "head_dim": head_dim}
+
+
+def widths(counts: dict, sparsity: float, semantics: str, ffn_multiple: int) -> Widths:
+    """Uniform widths for the request; the value width is rounded first and the FFN width absorbs the
+    rest of the parameter budget, rounded to the multiple of `ffn_multiple` closest to the request."""
+    block, head_dim, ffn = counts["block"], counts["head_dim"], counts["ffn_width"]
+    per_value, per_neuron = counts["value_per_head_channel"], counts["mlp"] / ffn
+    prunable = per_value * head_dim + counts["mlp"]
+    rho = sparsity * block / prunable if semantics == "params" else sparsity
+    if rho >= 1:
+        raise InvalidOptionError(
+            f"FASP cannot remove {sparsity:.1%} of this model's decoder-layer parameters: the prunable columns "
+            f"(value channels and FFN neurons) hold only {prunable / block:.1%} of them; use a lower --sparsity")
+    value_keep = min(head_dim, max(1, round(head_dim * (1 - rho))))
+    if semantics == "params":
+        needed = sparsity * block - (head_dim - value_keep) * per_value
+        keep_exact = ffn - needed / per_neuron
+    else:
+        keep_exact = ffn * (1 - rho)
+    keep = min(ffn, max(ffn_multiple, ffn_multiple * round(keep_exact / ffn_multiple)))
+    predicted = ((head_dim - value_keep) * per_value + (ffn - keep) * per_neuron) / block
+    return Widths(semantics, rho, head_dim, value_keep, ffn, keep, keep_exact, predicted)
+
+
+@register
+class FASP(PruningMethod):
+    name = "fasp"
+    summary = "interlinked column/row pruning of value and FFN channels with least-squares restoration"
+    paper = "FASP: Fast and Accurate Structured Pruning of Large Language Models (2025), arXiv:2501.09412"
+    defaults = {"calib_data": "auto", "calib_samples": 32, "ffn_multiple": 8, "fasp_sparsity_semantics": "params",
+                "no_restore": False}
+    options = tuple(defaults)
+
+    def check_options(self, options: dict) -> None:
+        opts = self.with_defaults(options)
+        if opts["fasp_sparsity_semantics"] not in ("params", "columns"):
+            raise InvalidOptionError("--fasp-sparsity-semantics: choose params (decoder-layer parameters, default) "
+                                     "or columns (the fraction of each pair's columns)")
+        if int(opts["calib_samples"]) < 1 or int(opts["ffn_multiple"]) < 1:
+            raise InvalidOptionError("--calib-samples and --ffn-multiple must be at least 1")
+
+    def check_model(self, model, sparsity: float | None, options: dict) -> None:
+        opts = self.with_defaults(options)
+        widths(module_counts(model), sparsity, opts["fasp_sparsity_semantics"], int(opts["ffn_multiple"]))
+
+    def select(self, context: PruneContext) -> PrunePlan:
+        from .fasp_blocks import prune_blocks
+
+        opts = self.with_defaults(context.options)
+        model = context.loaded.model
+        plan_widths = widths(module_counts(model), context.sparsity, opts["fasp_sparsity_semantics"],
+                             int(opts["ffn_multiple"]))
+        windows, provenance = context.calibration(opts["calib_data"], int(opts["calib_samples"]))
+        widest = max(plan_widths.ffn_width, model.config.num_attention_heads * plan_widths.head_dim)
+        if not opts["no_restore"] and windows.numel() < 2 * widest:
+            log.warning("FASP refits layers %d columns wide from %d calibration tokens: a least-squares fit from "
+                        "so few tokens overfits them; use more --calib-samples or a longer --seq-len",
+                        widest, windows.numel())
+        started = time.perf_counter()
+        plan, timings = prune_blocks(context.stack(), windows, plan_widths, context.restored,
+                                     restore_weights=not opts["no_restore"], damping=DAMPING,
+                                     fp64_above=FP64_GRAM_ABOVE)
+        timings["total"] = time.perf_counter() - started
+        w = plan_widths
+        context.report.update(
+            summary=(f"every block keeps {w.value_keep}/{w.head_dim} value channels per head and {w.ffn_keep}/"
+                     f"{w.ffn_width} FFN neurons (predicted sparsity {w.predicted_sparsity:.2%}; "
+                     f"{'with' if not opts['no_restore'] else 'without'} least-squares restoration)"),
+            options=opts, widths=asdict(w), calibration=provenance, damping=DAMPING,
+            restored=not opts["no_restore"], timing_seconds=timings)
+        return plan
+

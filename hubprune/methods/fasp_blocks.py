@@ -1,0 +1,127 @@
+"""FASP's block-by-block pass (see fasp.py): statistics, selection and restoration for each block in turn.
+
+While a block is being decided, its pruned sub-modules run at full shape with the refitted weights in
+the kept columns and zeros in the removed ones: a removed value channel or FFN neuron then adds
+exactly nothing, so the block computes what the pruned block will, and the next block is calibrated on
+the pruned model's own hidden states. The refitted weights, in the pruned layout, go to `restored`.
+"""
+from __future__ import annotations
+
+import time
+from contextlib import contextmanager
+
+import torch
+from tqdm.auto import tqdm
+
+from ..plan import PrunePlan
+from ..runs import LayerTensors
+from ..sequential import DecoderStack
+from .restoration import column_scores, restore
+
+
+class _Clock:
+    """Wall time per phase; synchronises CUDA so that asynchronous kernels are charged to their phase."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.seconds: dict[str, float] = {}
+
+    @contextmanager
+    def __call__(self, phase: str):
+        self._sync()
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self._sync()
+            self.seconds[phase] = self.seconds.get(phase, 0.0) + time.perf_counter() - started
+
+    def _sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+
+@contextmanager
+def _gram(module: torch.nn.Module, size: int, dtype: torch.dtype, device: torch.device, clock: _Clock):
+    """Accumulate H = Σ x xᵀ over every token of `module`'s input while the `with` runs."""
+    gram = torch.zeros(size, size, dtype=dtype, device=device)
+
+    def hook(_module, args):
+        with clock("statistics"):
+            x = args[0].reshape(-1, size).to(dtype)
+            gram.addmm_(x.T, x)
+
+    handle = module.register_forward_pre_hook(hook)
+    try:
+        yield gram
+    finally:
+        handle.remove()
+
+
+def _top(scores: torch.Tensor, keep: int) -> torch.Tensor:
+    """Indices of the `keep` largest scores along the last dim (ties: lower index), ascending."""
+    order = torch.sort(-scores, dim=-1, stable=True).indices[..., :keep]
+    return torch.sort(order, dim=-1).values
+
+
+def _full_width(restored: torch.Tensor, columns: torch.Tensor, width: int) -> torch.Tensor:
+    """A [d_out, width] weight with `restored` in `columns` and zeros elsewhere."""
+    full = torch.zeros(restored.shape[0], width, dtype=restored.dtype, device=restored.device)
+    full[:, columns.to(restored.device)] = restored
+    return full
+
+
+@torch.no_grad()
+def prune_blocks(stack: DecoderStack, windows: torch.Tensor, widths, restored: LayerTensors | None, *,
+                 restore_weights: bool = True, damping: float = 0.01, fp64_above: int = 16384, batch: int = 8,
+                 progress: bool = True) -> tuple[PrunePlan, dict]:
+    config, family, device = stack.config, stack.family, stack.device
+    kv_heads, head_dim = family.value_groups(config)
+    heads = config.num_attention_heads
+    value_cols = family.value_cols.removeprefix(family.attention_prefix)  # local to the attention: "o_proj"
+    down = family.ffn_cols[0].removeprefix(family.mlp_prefix)  # local to the MLP: "down_proj"
+    clock = _Clock(device)
+    plan = PrunePlan()
+    states = [stack.embed(windows[i:i + batch]) for i in range(0, windows.shape[0], batch)]
+    for index in tqdm(range(stack.num_layers), desc="fasp", disable=not progress, leave=False):
+        with stack.block(index) as layer:
+            # Attention pair: o_proj's input does not depend on o_proj, so the dense pass gives H_o.
+            w_o = getattr(layer.self_attn, value_cols).weight
+            size = w_o.shape[1]
+            dtype = torch.float64 if size > fp64_above else torch.float32
+            with clock("calibration forward"), _gram(getattr(layer.self_attn, value_cols), size, dtype, device,
+                                                     clock) as h_o:
+                for h in states:
+                    stack.run(layer, index, h, skip_mlp=True)
+            with clock("solves"):
+                scores = column_scores(w_o, h_o).view(kv_heads, heads // kv_heads, head_dim).sum(1)
+                groups = _top(scores, widths.value_keep).tolist()
+                columns = family.value_columns(config, groups)
+                w_o_kept = restore(w_o, h_o, columns.to(device), damping=damping) if restore_weights else w_o[:, columns.to(device)]
+            del h_o
+            attn_params = {f"{value_cols}.weight": _full_width(w_o_kept, columns, size)}
+
+            # FFN pair, on the outputs of the pruned attention.
+            with clock("calibration forward"):
+                mids = [stack.run(layer, index, h, skip_mlp=True, attn_params=attn_params) for h in states]
+            w_d = getattr(layer.mlp, down).weight
+            size = w_d.shape[1]
+            dtype = torch.float64 if size > fp64_above else torch.float32
+            with clock("calibration forward"), _gram(getattr(layer.mlp, down), size, dtype, device, clock) as h_d:
+                for m in mids:
+                    stack.run(layer, index, m, skip_attention=True)
+            with clock("solves"):
+                neurons = _top(column_scores(w_d, h_d), widths.ffn_keep)
+                w_d_kept = restore(w_d, h_d, neurons, damping=damping) if restore_weights else w_d[:, neurons]
+            del h_d
+            mlp_params = {f"{down}.weight": _full_width(w_d_kept, neurons, size)}
+            with clock("calibration forward"):
+                states = [stack.run(layer, index, m, skip_attention=True, mlp_params=mlp_params) for m in mids]
+            del mids
+        plan.keep_value_channels[index] = groups
+        plan.keep_ffn_neurons[index] = neurons.tolist()
+        if restored is not None and restore_weights:
+            restored.save(index, {family.value_cols + ".weight": w_o_kept, family.ffn_cols[0] + ".weight": w_d_kept})
+    # The hooks' time is inside the forward passes that triggered them: report it apart.
+    clock.seconds["calibration forward"] -= clock.seconds.get("statistics", 0.0)
+    return plan, clock.seconds
