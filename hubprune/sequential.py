@@ -18,7 +18,6 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from safetensors import safe_open
-from torch.func import functional_call
 from tqdm.auto import tqdm
 from transformers.masking_utils import create_causal_mask, create_sliding_window_causal_mask
 
@@ -81,10 +80,11 @@ class DecoderStack:
         self.dtype = loaded.dtype
         self.shards: ShardReader | None = loaded.shards
         self.num_layers = self.config.num_hidden_layers
+        self.family.check_supported(self.config)
         self.layer_types = self.family.source_layer_types(self.config)
         self._inputs: dict[tuple[int, int], BlockInputs] = {}
         self.block_forwards = 0  # one window through one block counts 1
-        if self.shards is not None and self.model.model.embed_tokens.weight.is_meta:
+        if self.shards is not None and self.family.embeddings(self.model).weight.is_meta:
             self._load_outside_blocks()  # once per loaded model, however many stacks walk it
 
     # -- weights -------------------------------------------------------------------------------------
@@ -95,14 +95,13 @@ class DecoderStack:
         tensors = self.shards.read(names, device=self.device, dtype=self.dtype)
         self.model.load_state_dict(tensors, strict=False, assign=True)
         if self.config.tie_word_embeddings:
-            self.model.lm_head.weight = self.model.model.embed_tokens.weight
-        with torch.device(self.device):  # non-persistent rotary buffers are rebuilt, not read
-            self.model.model.rotary_emb = type(self.model.model.rotary_emb)(config=self.config)
+            self.model.lm_head.weight = self.family.embeddings(self.model).weight
+        self.family.rebuild_buffers(self.model, self.config, self.device)  # rebuilt, not read
 
     @contextmanager
     def block(self, index: int) -> Iterator[torch.nn.Module]:
         """Block `index` on the device for the duration of the `with` (then released if streamed)."""
-        layer = self.model.model.layers[index]
+        layer = self.family.layers(self.model)[index]
         if self.shards is not None:
             prefix = f"{self.family.layers_prefix}{index}."
             tensors = self.shards.read(self.shards.names(prefix), device=self.device, dtype=self.dtype)
@@ -126,7 +125,8 @@ class DecoderStack:
     # -- compute -------------------------------------------------------------------------------------
     def embed(self, ids: torch.Tensor) -> torch.Tensor:
         """[batch, seq] token ids -> [batch, seq, hidden] on the device, in the model dtype."""
-        return self.model.model.embed_tokens(ids.to(self.device))
+        position_ids = torch.arange(ids.shape[1], device=self.device).unsqueeze(0)
+        return self.family.embed(self.model, ids.to(self.device), position_ids)
 
     def inputs(self, batch: int, seq_len: int) -> BlockInputs:
         key = (batch, seq_len)
@@ -140,7 +140,7 @@ class DecoderStack:
                 masks["full_attention"] = create_causal_mask(**kwargs)
             if "sliding_attention" in self.layer_types:
                 masks["sliding_attention"] = create_sliding_window_causal_mask(**kwargs)
-            position_embeddings = self.model.model.rotary_emb(embeds, position_ids=position_ids)
+            position_embeddings = self.family.position_embeddings(self.model, embeds, position_ids)
             self._inputs[key] = BlockInputs(position_ids, position_embeddings, masks)
         return self._inputs[key]
 
@@ -153,18 +153,11 @@ class DecoderStack:
         attention's weights (names local to it), e.g. by a sliced FFN or a refitted o_proj."""
         inputs = self.inputs(hidden.shape[0], hidden.shape[1])
         self.block_forwards += hidden.shape[0]
-        attention = getattr(layer, "self_attn", None)
-        if attention is not None and not skip_attention:
-            kwargs = dict(hidden_states=layer.input_layernorm(hidden),
-                          attention_mask=inputs.masks.get(self.layer_types[index]),
-                          position_ids=inputs.position_ids, position_embeddings=inputs.position_embeddings)
-            out, _ = attention(**kwargs) if attn_params is None else functional_call(attention, attn_params, (), kwargs)
-            hidden = hidden + out
-        mlp = getattr(layer, "mlp", None)
-        if mlp is not None and not skip_mlp:
-            normed = layer.post_attention_layernorm(hidden)
-            out = mlp(normed) if mlp_params is None else functional_call(mlp, mlp_params, (normed,))
-            hidden = hidden + out
+        if getattr(layer, "self_attn", None) is not None and not skip_attention:
+            mask = inputs.masks.get(self.layer_types[index])
+            hidden = hidden + self.family.run_attention(layer, hidden, inputs, mask, attn_params)
+        if self.family.has_mlp(layer) and not skip_mlp:
+            hidden = hidden + self.family.run_mlp(layer, hidden, mlp_params)
         return hidden
 
     def run_batched(self, layer: torch.nn.Module, index: int, states: list[torch.Tensor], batch: int,
@@ -180,7 +173,7 @@ class DecoderStack:
     @torch.no_grad()
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """fp32 logits of final hidden states [..., d] (final norm, then the head)."""
-        return self.model.lm_head(self.model.model.norm(hidden)).float()
+        return self.model.lm_head(self.family.final(self.model, hidden)).float()
 
     @torch.no_grad()
     def nll(self, hidden: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
@@ -194,13 +187,11 @@ class DecoderStack:
 
 
 def mlp_parameters(layer: torch.nn.Module, family, keep: torch.Tensor | None) -> dict[str, torch.Tensor] | None:
-    """The MLP weights of `layer` narrowed to FFN neurons `keep` (names local to the MLP), or None."""
+    """The MLP weights of `layer` narrowed to FFN neurons `keep` (names local to the block), or None."""
     if keep is None:
         return None
-    prefix = family.mlp_prefix
-    tensors = {prefix + n: p for n, p in layer.mlp.named_parameters()}
-    sliced = family.slice_ffn(tensors, keep)
-    return {n[len(prefix):]: t for n, t in sliced.items()}
+    tensors = {n: p for n, p in layer.named_parameters() if family.is_mlp_param(n) and not n.startswith(family.mlp_norm)}
+    return family.slice_ffn(tensors, keep)
 
 
 @torch.no_grad()

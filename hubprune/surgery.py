@@ -22,7 +22,7 @@ _DROP_CONFIG_KEYS = ("transformers_version", "architectures", "model_type", "aut
 
 def decoder_parameters(model: PreTrainedModel) -> int:
     """Parameters of the decoder blocks (embeddings, lm_head and final norm excluded)."""
-    return sum(p.numel() for p in model.model.layers.parameters())
+    return sum(p.numel() for p in get_family(model.config.model_type).layers(model).parameters())
 
 
 def total_parameters(model: PreTrainedModel) -> int:
@@ -49,14 +49,14 @@ def pruned_config(source: PretrainedConfig, plan: PrunePlan, family: Family, rec
 
     if not needs_custom_code(plan, source.num_hidden_layers):
         widths = {len(plan.keep_ffn_neurons[l]) for l in kept if l in plan.keep_ffn_neurons}
-        data["intermediate_size"] = widths.pop() if widths else width
+        family.set_ffn_width(data, widths.pop() if widths else width)
         config = AutoConfig.for_model(family.model_type, **data)
     else:
         source_types = family.source_layer_types(source)
         data["layer_types"] = [source_types[l] for l in kept]
         data["block_configs"] = [
             {
-                "attention": {"no_op": l in plan.skip_attention, "num_key_value_heads": source.num_key_value_heads,
+                "attention": {"no_op": l in plan.skip_attention, "num_key_value_heads": family.value_groups(source)[0],
                               **({"v_head_dim": len(plan.keep_value_channels[l][0])}
                                  if l in plan.keep_value_channels else {})},
                 "ffn": {
@@ -130,11 +130,10 @@ def build_model(config: PretrainedConfig, state_dict: dict[str, torch.Tensor], *
     with torch.device("meta"):
         model = model_class(config)._from_config(config, dtype=dtype, attn_implementation=attn_implementation)
     model.load_state_dict(state_dict, strict=not config.tie_word_embeddings, assign=True)
+    family = get_family(config.model_type)
     if config.tie_word_embeddings:
-        model.lm_head.weight = model.model.embed_tokens.weight
-    # Non-persistent buffers (rotary frequencies) are still on meta: rebuild the rotary module.
-    with torch.device(device):
-        model.model.rotary_emb = type(model.model.rotary_emb)(config=config)
+        model.lm_head.weight = family.embeddings(model).weight
+    family.rebuild_buffers(model, config, device)  # non-persistent buffers (rotary frequencies) are still on meta
     leftovers = [n for n, t in list(model.named_parameters()) + list(model.named_buffers()) if t.is_meta]
     if leftovers:
         raise RuntimeError(f"pruned model has uninitialised tensors: {leftovers[:5]}")

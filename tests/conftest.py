@@ -4,10 +4,20 @@ from __future__ import annotations
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, MistralConfig, Phi3Config, Qwen2Config
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    LlamaConfig,
+    MistralConfig,
+    OPTConfig,
+    Phi3Config,
+    Qwen2Config,
+)
 
 # Small but structurally faithful: GQA everywhere, Qwen2 q/k/v biases and mixed sliding/full layers,
-# Mistral and Phi-3 sliding window, Phi-3 fused q/k/v and gate/up projections, tied and untied embeddings.
+# Mistral and Phi-3 sliding window, Phi-3 fused q/k/v and gate/up projections, tied and untied embeddings,
+# OPT's learned positions, LayerNorms, biases everywhere and ReLU MLP (multi-head: 2 heads of 32, so the
+# shared test plans' two value groups fit every family).
 TINY_CONFIGS = {
     "llama": lambda: LlamaConfig(vocab_size=128, hidden_size=64, intermediate_size=96, num_hidden_layers=5,
                                  num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True,
@@ -22,6 +32,9 @@ TINY_CONFIGS = {
     "phi3": lambda: Phi3Config(vocab_size=128, hidden_size=64, intermediate_size=96, num_hidden_layers=5,
                                num_attention_heads=4, num_key_value_heads=2, sliding_window=6,
                                pad_token_id=0, bos_token_id=1, eos_token_id=2),
+    "opt": lambda: OPTConfig(vocab_size=128, hidden_size=64, ffn_dim=96, num_hidden_layers=5, num_attention_heads=2,
+                             max_position_embeddings=64, word_embed_proj_dim=64, enable_bias=True,
+                             pad_token_id=0, bos_token_id=1, eos_token_id=2),
 }
 FAMILIES = sorted(TINY_CONFIGS)
 
@@ -74,9 +87,12 @@ def tiny_tokenizer(vocab_size: int = 300):
 def calibratable_model(folder, *, layers=6, hidden=64, ffn=128, shard="50KB", config_class=LlamaConfig):
     """A random model (Llama by default) with a real (tiny) tokenizer, saved in many small shards."""
     tokenizer = tiny_tokenizer()
-    config = config_class(vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=ffn,
-                          num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2,
-                          pad_token_id=tokenizer.pad_token_id, bos_token_id=1, eos_token_id=2)
+    shape = dict(vocab_size=len(tokenizer), hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=4,
+                 pad_token_id=tokenizer.pad_token_id, bos_token_id=1, eos_token_id=2)
+    if config_class is OPTConfig:  # multi-head only; its own name for the FFN width
+        config = OPTConfig(**shape, ffn_dim=ffn, word_embed_proj_dim=hidden, max_position_embeddings=256)
+    else:
+        config = config_class(**shape, intermediate_size=ffn, num_key_value_heads=2)
     torch.manual_seed(0)
     AutoModelForCausalLM.from_config(config).save_pretrained(folder, max_shard_size=shard)
     tokenizer.save_pretrained(folder)

@@ -6,7 +6,7 @@ import pytest
 import torch
 from conftest import calibratable_model
 from safetensors.torch import load_file
-from transformers import AutoModelForCausalLM, LlamaConfig, MistralConfig, Phi3Config, Qwen2Config
+from transformers import AutoModelForCausalLM, LlamaConfig, MistralConfig, OPTConfig, Phi3Config, Qwen2Config
 
 import hubprune
 from hubprune.errors import InvalidOptionError
@@ -16,6 +16,10 @@ from hubprune.methods.restoration import column_scores, restore
 from hubprune.plan import PrunePlan
 
 SEQ_LEN, WINDOWS = 256, 16  # 4,096 tokens: more than the widest refitted layer (1,536), so no overfit
+
+
+def weights(folder) -> dict:
+    return {k: v for f in sorted(folder.glob("*.safetensors")) for k, v in load_file(f).items()}
 
 
 def meta_model(config):
@@ -127,7 +131,7 @@ def test_restoration_lowers_perplexity_and_more_sparsity_costs_more(runs):
     assert dense < ppl[0.1] < ppl[0.2] < ppl[0.3] < ppl["no-restore"]
 
 
-@pytest.mark.parametrize("config_class", [Qwen2Config, MistralConfig, Phi3Config])
+@pytest.mark.parametrize("config_class", [Qwen2Config, MistralConfig, Phi3Config, OPTConfig])
 def test_every_family_prunes_and_reloads_with_the_in_memory_logits(tmp_path, config_class):
     source = calibratable_model(tmp_path / "src", config_class=config_class)
     result = hubprune.prune(str(source), "fasp", sparsity=0.3, output=tmp_path / "out", device="cpu", seq_len=64,
@@ -144,8 +148,24 @@ def test_offload_writes_the_same_weights_as_in_memory(tmp_path):
     run = dict(sparsity=0.25, options={"calib_samples": 2, "calib_data": "default"}, seq_len=64, device="cpu")
     hubprune.prune(str(source), "fasp", output=tmp_path / "memory", **run)
     hubprune.prune(str(source), "fasp", output=tmp_path / "streamed", offload=True, **run)
-    weights = [{k: v for f in sorted(d.glob("*.safetensors")) for k, v in load_file(f).items()}
-               for d in (tmp_path / "memory", tmp_path / "streamed")]
-    assert weights[0].keys() == weights[1].keys()
-    for name in weights[0]:
-        torch.testing.assert_close(weights[0][name], weights[1][name], rtol=0, atol=1e-6)
+    memory, streamed = weights(tmp_path / "memory"), weights(tmp_path / "streamed")
+    assert memory.keys() == streamed.keys()
+    for name in memory:
+        torch.testing.assert_close(memory[name], streamed[name], rtol=0, atol=1e-6)
+
+
+def test_opt_biases_follow_their_rows_and_stay_with_their_outputs(tmp_path):
+    """OPT: fc1 and v_proj lose the bias entries of their removed rows; fc2 and out_proj keep theirs."""
+    source = calibratable_model(tmp_path / "src", config_class=OPTConfig, layers=3)
+    hubprune.prune(str(source), "fasp", sparsity=0.3, output=tmp_path / "out", device="cpu", seq_len=64,
+                   options={"calib_samples": 4, "calib_data": "default", "ffn_multiple": 1})
+    plan = PrunePlan.load(tmp_path / "out" / "hubprune_plan.json")
+    dense, pruned = weights(source), weights(tmp_path / "out")
+    prefix = "model.decoder.layers.1."
+    neurons = plan.keep_ffn_neurons[1]
+    assert torch.equal(pruned[prefix + "fc1.bias"], dense[prefix + "fc1.bias"][neurons])
+    rows = get_family("opt").value_row_indices(AutoModelForCausalLM.from_pretrained(source).config,
+                                                  plan.keep_value_channels[1])
+    assert torch.equal(pruned[prefix + "self_attn.v_proj.bias"], dense[prefix + "self_attn.v_proj.bias"][rows])
+    for name in ("fc2.bias", "self_attn.out_proj.bias", "self_attn.q_proj.bias", "self_attn.k_proj.bias"):
+        assert torch.equal(pruned[prefix + name], dense[prefix + name])

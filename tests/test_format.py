@@ -10,6 +10,7 @@ from conftest import FAMILIES, left_padded_batch, tiny_model
 from transformers import AutoModelForCausalLM
 
 from hubprune.export import save_model_folder
+from hubprune.families import get_family
 from hubprune.plan import PrunePlan
 from hubprune.surgery import apply_plan, needs_custom_code
 
@@ -38,28 +39,32 @@ def hook_masked_logits(dense, plan: PrunePlan, input_ids, attention_mask=None):
     """Reference: the dense model with the plan's removals simulated by hooks (zero outputs, masked
     neurons, identity blocks). Shares no code with surgery or the pruned modeling file."""
     handles = []
-    for index, layer in enumerate(dense.model.layers):
+    family = get_family(dense.config.model_type)
+    for index, layer in enumerate(family.layers(dense)):
         if index in plan.drop_blocks:
             handles.append(layer.register_forward_hook(
                 lambda mod, args, kwargs, out: args[0] if args else kwargs["hidden_states"], with_kwargs=True))
             continue
         if index in plan.skip_attention:
             handles.append(layer.self_attn.register_forward_hook(lambda mod, inp, out: (torch.zeros_like(out[0]), out[1])))
-        if index in plan.skip_mlp:
-            handles.append(layer.mlp.register_forward_hook(lambda mod, inp, out: torch.zeros_like(out)))
+        if index in plan.skip_mlp:  # OPT's MLP has no module of its own: zero what fc2 adds
+            mlp = layer.mlp if hasattr(layer, "mlp") else layer.fc2
+            handles.append(mlp.register_forward_hook(lambda mod, inp, out: torch.zeros_like(out)))
         if index in plan.keep_value_channels:  # zero the removed (head, channel) inputs of o_proj
             config = dense.config
             head_dim = config.hidden_size // config.num_attention_heads
-            per_group = config.num_attention_heads // config.num_key_value_heads
+            per_group = config.num_attention_heads // getattr(config, "num_key_value_heads", config.num_attention_heads)
             mask = torch.zeros(config.num_attention_heads * head_dim)
             for head in range(config.num_attention_heads):
                 for channel in plan.keep_value_channels[index][head // per_group]:
                     mask[head * head_dim + channel] = 1
-            handles.append(layer.self_attn.o_proj.register_forward_pre_hook(lambda mod, inp, m=mask: (inp[0] * m,)))
+            out_proj = layer.get_submodule(family.value_cols)
+            handles.append(out_proj.register_forward_pre_hook(lambda mod, inp, m=mask: (inp[0] * m,)))
         if index in plan.keep_ffn_neurons:
-            mask = torch.zeros(dense.config.intermediate_size)
+            mask = torch.zeros(family.ffn_width(dense.config))
             mask[plan.keep_ffn_neurons[index]] = 1
-            handles.append(layer.mlp.down_proj.register_forward_pre_hook(lambda mod, inp, m=mask: (inp[0] * m,)))
+            down = layer.get_submodule(family.ffn_cols[0])
+            handles.append(down.register_forward_pre_hook(lambda mod, inp, m=mask: (inp[0] * m,)))
     try:
         with torch.no_grad():
             return dense(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits

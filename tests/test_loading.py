@@ -34,7 +34,7 @@ def test_auto_dtype_keeps_the_checkpoint_dtype(tmp_path):
 
 def test_unsupported_family_is_refused_before_loading_weights(tmp_path):
     GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=64)).save_pretrained(tmp_path)
-    with pytest.raises(UnsupportedArchitectureError, match="'gpt2' is not supported; hubprune supports: llama, mistral, phi3, qwen2"):
+    with pytest.raises(UnsupportedArchitectureError, match="'gpt2' is not supported; hubprune supports: llama, mistral, opt, phi3, qwen2"):
         load_model(str(tmp_path), device="cpu")
 
 

@@ -5,7 +5,7 @@ import math
 
 import pytest
 import torch
-from conftest import tiny_model
+from conftest import FAMILIES, tiny_model
 
 from hubprune.data import Corpus, load_corpus, token_windows
 from hubprune.errors import DatasetUnavailableError
@@ -67,3 +67,57 @@ def test_default_corpus_parts_are_disjoint_real_prose():
     assert not set(calibration.texts) & set(evaluation.texts)
     assert len(calibration.texts) + len(evaluation.texts) == 2938
     assert sum(len(t.split()) for t in evaluation.texts) > 50_000
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_block_by_block_perplexity_equals_the_whole_model_forward(family, tmp_path):
+    """DecoderStack's embed / blocks / head (OPT: learned positions, LayerNorms, ReLU MLP) against the stock
+    model's own forward, in memory and streamed from the shards."""
+    from hubprune.loading import load_model
+    from hubprune.sequential import DecoderStack, stack_perplexity
+
+    tiny_model(family).save_pretrained(tmp_path, max_shard_size="20KB")
+    windows = torch.randint(3, 128, (2, 24), generator=torch.Generator().manual_seed(1))
+    reference = perplexity(tiny_model(family), windows, progress=False).perplexity
+    for offload in (False, True):
+        loaded = load_model(str(tmp_path), device="cpu", dtype="float32", offload=offload)
+        result = stack_perplexity(DecoderStack(loaded), windows, progress=False)
+        assert result.perplexity == pytest.approx(reference, rel=1e-5)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_block_by_block_consumers_see_the_whole_model_inputs(family, tmp_path):
+    """Calibration hooks sit on the FFN's and the attention's output projections: block by block they must
+    fire and see exactly the inputs of the stock forward (OPT's MLP has no module, so this is not free)."""
+    from hubprune.families import get_family
+    from hubprune.loading import LoadedModel, ModelSource
+    from hubprune.sequential import DecoderStack
+
+    model = tiny_model(family)
+    adapter = get_family(model.config.model_type)
+    ids = torch.randint(3, 128, (1, 12), generator=torch.Generator().manual_seed(2))
+
+    def captured(run):
+        seen = []
+        layer = adapter.layers(model)[1]
+        handles = [layer.get_submodule(name).register_forward_pre_hook(lambda m, a: seen.append(a[0].reshape(-1)))
+                   for name in (adapter.value_cols, adapter.ffn_cols[0])]
+        with torch.no_grad():
+            run()
+        for handle in handles:
+            handle.remove()
+        return seen
+
+    whole = captured(lambda: model(ids, use_cache=False))
+    stack = DecoderStack(LoadedModel(model, None, adapter, ModelSource("tiny", tmp_path), torch.device("cpu"),
+                                     torch.float32))
+
+    def block_by_block():
+        hidden = stack.embed(ids)
+        for index in range(stack.num_layers):
+            hidden = stack.run(adapter.layers(model)[index], index, hidden)
+
+    by_block = captured(block_by_block)
+    assert len(whole) == len(by_block) == 2
+    for a, b in zip(whole, by_block):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)

@@ -5,10 +5,12 @@ from ..errors import UnsupportedArchitectureError
 from .base import Family
 from .llama import LlamaFamily
 from .mistral import MistralFamily
+from .opt import OPTFamily
 from .phi3 import Phi3Family
 from .qwen2 import Qwen2Family
 
-FAMILIES: dict[str, Family] = {f.model_type: f for f in (LlamaFamily(), MistralFamily(), Qwen2Family(), Phi3Family())}
+FAMILIES: dict[str, Family] = {f.model_type: f for f in (LlamaFamily(), MistralFamily(), Qwen2Family(), Phi3Family(),
+                                                            OPTFamily())}
 
 
 def get_family(model_type: str) -> Family:

@@ -1,8 +1,10 @@
 """What hubprune needs to know about a model family: module names, how to slice an FFN, which
-config fields are indexed by layer. One small subclass per family."""
+config fields are indexed by layer, and how one block's sub-modules run on their own (for the
+block-by-block calibration of `sequential.DecoderStack`). One small subclass per family."""
 from __future__ import annotations
 
 import torch
+from torch.func import functional_call
 
 
 class Family:
@@ -14,7 +16,8 @@ class Family:
     layers_prefix = "model.layers."
     attention_prefix = "self_attn."
     attention_norm = "input_layernorm."
-    mlp_prefix = "mlp."
+    mlp_prefix = "mlp."  # every MLP weight's name starts with one of `mlp_weights`
+    mlp_weights: tuple[str, ...] = ("mlp.",)
     mlp_norm = "post_attention_layernorm."
     ffn_rows = ("mlp.gate_proj", "mlp.up_proj")  # producers: their output rows are FFN neurons
     ffn_cols = ("mlp.down_proj",)  # consumer: its input columns are FFN neurons
@@ -40,7 +43,64 @@ class Family:
         return local_name.startswith((self.attention_prefix, self.attention_norm))
 
     def is_mlp_param(self, local_name: str) -> bool:
-        return local_name.startswith((self.mlp_prefix, self.mlp_norm))
+        return local_name.startswith((*self.mlp_weights, self.mlp_norm))
+
+    def set_ffn_width(self, config_dict: dict, width: int) -> None:
+        config_dict["intermediate_size"] = width
+
+    # -- the model's structure -------------------------------------------------------------------
+    def decoder(self, model):
+        """The module holding the embeddings, the blocks and the final norm."""
+        return model.model
+
+    def layers(self, model) -> torch.nn.ModuleList:
+        return self.decoder(model).layers
+
+    def embeddings(self, model) -> torch.nn.Embedding:
+        return self.decoder(model).embed_tokens
+
+    def rebuild_buffers(self, model, config, device) -> None:
+        """Recreate non-persistent buffers (rotary frequencies) left on `meta` by a weightless build."""
+        with torch.device(device):
+            self.decoder(model).rotary_emb = type(self.decoder(model).rotary_emb)(config=config)
+
+    def check_supported(self, config) -> None:
+        """Refuse a variant of the family the block-by-block code does not handle."""
+
+    # -- one block, one sub-module at a time (DecoderStack) ---------------------------------------
+    def embed(self, model, ids: torch.Tensor, position_ids: torch.Tensor) -> torch.Tensor:
+        return self.embeddings(model)(ids)
+
+    def position_embeddings(self, model, embeds: torch.Tensor, position_ids: torch.Tensor):
+        return self.decoder(model).rotary_emb(embeds, position_ids=position_ids)
+
+    def final(self, model, hidden: torch.Tensor) -> torch.Tensor:
+        """Final hidden states -> the head's input."""
+        return self.decoder(model).norm(hidden)
+
+    def run_attention(self, layer, hidden: torch.Tensor, inputs, mask, params: dict | None) -> torch.Tensor:
+        """The attention sub-module's output (not added to the residual). `params` replaces some of the
+        block's weights (names local to the block)."""
+        attention = layer.self_attn
+        kwargs = dict(hidden_states=layer.input_layernorm(hidden), attention_mask=mask,
+                      position_ids=inputs.position_ids, position_embeddings=inputs.position_embeddings)
+        if params is None:
+            return attention(**kwargs)[0]
+        local = {n.removeprefix(self.attention_prefix): t for n, t in params.items()}
+        return functional_call(attention, local, (), kwargs)[0]
+
+    def run_mlp(self, layer, hidden: torch.Tensor, params: dict | None) -> torch.Tensor:
+        normed = layer.post_attention_layernorm(hidden)
+        if params is None:
+            return layer.mlp(normed)
+        return functional_call(layer.mlp, {n.removeprefix(self.mlp_prefix): t for n, t in params.items()}, (normed,))
+
+    def has_mlp(self, layer) -> bool:
+        return getattr(layer, "mlp", None) is not None
+
+    def module(self, layer, name: str) -> torch.nn.Module:
+        """A block's sub-module by its block-local dotted name, e.g. 'mlp.down_proj'."""
+        return layer.get_submodule(name)
 
     def slice_ffn(self, tensors: dict[str, torch.Tensor], keep: torch.Tensor) -> dict[str, torch.Tensor]:
         """Keep FFN neurons `keep` (ascending indices) in one block's tensors (names local to the block)."""
@@ -56,12 +116,13 @@ class Family:
 
     def value_groups(self, config) -> tuple[int, int]:
         """(KV heads, head dim): a value channel is one (KV group, channel) pair."""
-        return config.num_key_value_heads, getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+        kv_heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
+        return kv_heads, getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
 
     def value_columns(self, config, groups: list[list[int]]) -> torch.Tensor:
         """The o_proj input columns of the kept value channels, in the pruned layout (head-major)."""
-        heads_per_group = config.num_attention_heads // config.num_key_value_heads
-        head_dim = self.value_groups(config)[1]
+        kv_heads, head_dim = self.value_groups(config)
+        heads_per_group = config.num_attention_heads // kv_heads
         return torch.tensor([h * head_dim + c for h in range(config.num_attention_heads)
                              for c in groups[h // heads_per_group]], dtype=torch.long)
 

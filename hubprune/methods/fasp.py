@@ -53,20 +53,16 @@ def module_counts(model) -> dict:
 
     config = model.config
     family = get_family(config.model_type)
-    block = model.model.layers[0]
-    params = dict(block.named_parameters())
+    layers = family.layers(model)
+    params = dict(layers[0].named_parameters())
     kv_heads, head_dim = family.value_groups(config)
-    value_rows = kv_heads * head_dim
-    if family.value_rows + ".weight" in params:
-        v_row = params[family.value_rows + ".weight"].shape[1] + (1 if family.value_rows + ".bias" in params else 0)
-    else:  # fused qkv (Phi-3): one row of it
-        v_row = params["self_attn.qkv_proj.weight"].shape[1] + (1 if "self_attn.qkv_proj.bias" in params else 0)
-    per_channel = v_row * value_rows + params[family.value_cols + ".weight"].shape[0] * config.num_attention_heads * head_dim
-    return {"block": sum(p.numel() for p in block.parameters()),
-            "decoder": sum(p.numel() for p in model.model.layers.parameters()),
-            "value_per_head_channel": per_channel / head_dim,  # one channel removed from every head
-            "mlp": sum(p.numel() for p in block.mlp.parameters()), "ffn_width": family.ffn_width(config),
-            "head_dim": head_dim}
+    rows = "self_attn.qkv_proj" if family.value_rows + ".weight" not in params else family.value_rows  # Phi-3: fused
+    v_row = params[rows + ".weight"].shape[1] + (1 if rows + ".bias" in params else 0)
+    per_channel = v_row * kv_heads + params[family.value_cols + ".weight"].shape[0] * config.num_attention_heads
+    mlp = sum(p.numel() for n, p in params.items() if family.is_mlp_param(n) and not n.startswith(family.mlp_norm))
+    return {"block": sum(p.numel() for p in params.values()), "decoder": sum(p.numel() for p in layers.parameters()),
+            "value_per_head_channel": per_channel,  # one channel removed from every head
+            "mlp": mlp, "ffn_width": family.ffn_width(config), "head_dim": head_dim}
 
 
 def widths(counts: dict, sparsity: float, semantics: str, ffn_multiple: int) -> Widths:

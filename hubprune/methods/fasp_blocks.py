@@ -78,18 +78,17 @@ def prune_blocks(stack: DecoderStack, windows: torch.Tensor, widths, restored: L
     config, family, device = stack.config, stack.family, stack.device
     kv_heads, head_dim = family.value_groups(config)
     heads = config.num_attention_heads
-    value_cols = family.value_cols.removeprefix(family.attention_prefix)  # local to the attention: "o_proj"
-    down = family.ffn_cols[0].removeprefix(family.mlp_prefix)  # local to the MLP: "down_proj"
+    value_cols, down = family.value_cols, family.ffn_cols[0]  # block-local: "self_attn.o_proj", "mlp.down_proj"
     clock = _Clock(device)
     plan = PrunePlan()
     states = [stack.embed(windows[i:i + batch]) for i in range(0, windows.shape[0], batch)]
     for index in tqdm(range(stack.num_layers), desc="fasp", disable=not progress, leave=False):
         with stack.block(index) as layer:
             # Attention pair: o_proj's input does not depend on o_proj, so the dense pass gives H_o.
-            w_o = getattr(layer.self_attn, value_cols).weight
+            w_o = family.module(layer, value_cols).weight
             size = w_o.shape[1]
             dtype = torch.float64 if size > fp64_above else torch.float32
-            with clock("calibration forward"), _gram(getattr(layer.self_attn, value_cols), size, dtype, device,
+            with clock("calibration forward"), _gram(family.module(layer, value_cols), size, dtype, device,
                                                      clock) as h_o:
                 for h in states:
                     stack.run(layer, index, h, skip_mlp=True)
@@ -104,10 +103,10 @@ def prune_blocks(stack: DecoderStack, windows: torch.Tensor, widths, restored: L
             # FFN pair, on the outputs of the pruned attention.
             with clock("calibration forward"):
                 mids = [stack.run(layer, index, h, skip_mlp=True, attn_params=attn_params) for h in states]
-            w_d = getattr(layer.mlp, down).weight
+            w_d = family.module(layer, down).weight
             size = w_d.shape[1]
             dtype = torch.float64 if size > fp64_above else torch.float32
-            with clock("calibration forward"), _gram(getattr(layer.mlp, down), size, dtype, device, clock) as h_d:
+            with clock("calibration forward"), _gram(family.module(layer, down), size, dtype, device, clock) as h_d:
                 for m in mids:
                     stack.run(layer, index, m, skip_attention=True)
             with clock("solves"):
@@ -121,7 +120,7 @@ def prune_blocks(stack: DecoderStack, windows: torch.Tensor, widths, restored: L
         plan.keep_value_channels[index] = groups
         plan.keep_ffn_neurons[index] = neurons.tolist()
         if restored is not None and restore_weights:
-            restored.save(index, {family.value_cols + ".weight": w_o_kept, family.ffn_cols[0] + ".weight": w_d_kept})
+            restored.save(index, {f"{value_cols}.weight": w_o_kept, f"{down}.weight": w_d_kept})
     # The hooks' time is inside the forward passes that triggered them: report it apart.
     clock.seconds["calibration forward"] -= clock.seconds.get("statistics", 0.0)
     return plan, clock.seconds

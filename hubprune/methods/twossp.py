@@ -57,10 +57,16 @@ class Balance:
 
 
 def module_sizes(model) -> tuple[int, int, int]:
-    """(P_attn, P_mlp, P_main) of a causal LM; works on a weightless (meta) model."""
-    block = model.model.layers[0]
-    count = lambda module: sum(p.numel() for p in module.parameters())  # noqa: E731
-    return count(block.self_attn), count(block.mlp), count(model.model.layers)
+    """(P_attn, P_mlp, P_main) of a causal LM, norms excluded from the first two; works on a weightless
+    (meta) model."""
+    from ..families import get_family
+
+    family = get_family(model.config.model_type)
+    layers = family.layers(model)
+    params = dict(layers[0].named_parameters())
+    p_attn = sum(p.numel() for n, p in params.items() if n.startswith(family.attention_prefix))
+    p_mlp = sum(p.numel() for n, p in params.items() if family.is_mlp_param(n) and not n.startswith(family.mlp_norm))
+    return p_attn, p_mlp, sum(p.numel() for p in layers.parameters())
 
 
 def balance(*, sparsity: float, num_layers: int, ffn_width: int, attention_parameters: int, mlp_parameters: int,

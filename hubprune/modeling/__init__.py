@@ -2,10 +2,17 @@
 into every exported model folder (remote code); they import nothing from hubprune."""
 from pathlib import Path
 
-from .configuration_hubprune import HubPruneLlamaConfig, HubPruneMistralConfig, HubPrunePhi3Config, HubPruneQwen2Config
+from .configuration_hubprune import (
+    HubPruneLlamaConfig,
+    HubPruneMistralConfig,
+    HubPruneOPTConfig,
+    HubPrunePhi3Config,
+    HubPruneQwen2Config,
+)
 from .modeling_hubprune import (
     HubPruneLlamaForCausalLM,
     HubPruneMistralForCausalLM,
+    HubPruneOPTForCausalLM,
     HubPrunePhi3ForCausalLM,
     HubPruneQwen2ForCausalLM,
 )
@@ -18,8 +25,10 @@ __all__ = [
     "HubPruneMistralConfig",
     "HubPruneQwen2Config",
     "HubPrunePhi3Config",
+    "HubPruneOPTConfig",
     "HubPruneLlamaForCausalLM",
     "HubPruneMistralForCausalLM",
     "HubPruneQwen2ForCausalLM",
     "HubPrunePhi3ForCausalLM",
+    "HubPruneOPTForCausalLM",
 ]

@@ -9,15 +9,17 @@
 # (the key names follow the vLLM "AnyModel"/DeciLM schema). `no_op` means the sub-module is skipped
 # entirely: a block with `attention.no_op` has no q/k/v/o weights, no input norm and no KV-cache entry.
 from huggingface_hub.dataclasses import strict
-from transformers import LlamaConfig, MistralConfig, Phi3Config, Qwen2Config
+from transformers import LlamaConfig, MistralConfig, OPTConfig, Phi3Config, Qwen2Config
 
 NO_ATTENTION_LAYER_TYPE = "mlp"  # transformers maps it to a DummyLayer cache entry that stores nothing
 
 
 def _default_block(config):
+    kv_heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads  # OPT: no GQA
+    width = getattr(config, "intermediate_size", None) or config.ffn_dim  # OPT: ffn_dim
     return {
-        "attention": {"no_op": False, "num_key_value_heads": config.num_key_value_heads},
-        "ffn": {"no_op": False, "intermediate_size": config.intermediate_size},
+        "attention": {"no_op": False, "num_key_value_heads": kv_heads},
+        "ffn": {"no_op": False, "intermediate_size": width},
     }
 
 
@@ -87,4 +89,13 @@ class HubPrunePhi3Config(_HubPruneConfigMixin, Phi3Config):
     hubprune: dict | None = None
 
 
-__all__ = ["HubPruneLlamaConfig", "HubPruneMistralConfig", "HubPrunePhi3Config", "HubPruneQwen2Config"]
+@strict
+class HubPruneOPTConfig(_HubPruneConfigMixin, OPTConfig):
+    model_type = "hubprune_opt"
+    block_configs: list | None = None
+    layer_types: list | None = None
+    hubprune: dict | None = None
+
+
+__all__ = ["HubPruneLlamaConfig", "HubPruneMistralConfig", "HubPruneOPTConfig", "HubPrunePhi3Config",
+           "HubPruneQwen2Config"]

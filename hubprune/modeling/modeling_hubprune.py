@@ -27,9 +27,18 @@ from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutpu
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, PreTrainedModel, slice_logits_to_keep
 from transformers.utils.deprecation import deprecate_kwarg
 
-from .configuration_hubprune import HubPruneLlamaConfig, HubPruneMistralConfig, HubPrunePhi3Config, HubPruneQwen2Config
+from transformers.activations import ACT2FN
+from transformers.models.opt.modeling_opt import OPTForCausalLM
 
-_STOCK = {"llama": "Llama", "mistral": "Mistral", "qwen2": "Qwen2", "phi3": "Phi3"}
+from .configuration_hubprune import (
+    HubPruneLlamaConfig,
+    HubPruneMistralConfig,
+    HubPruneOPTConfig,
+    HubPrunePhi3Config,
+    HubPruneQwen2Config,
+)
+
+_STOCK = {"llama": "Llama", "mistral": "Mistral", "qwen2": "Qwen2", "phi3": "Phi3", "opt": "OPT"}
 
 
 def _stock(family: str, name: str):
@@ -94,20 +103,56 @@ def _value_pruned_forward(
     return self.o_proj(attn_output), attn_weights
 
 
+def _opt_value_pruned_forward(
+    self,
+    hidden_states: torch.Tensor,
+    cache: Cache | None = None,
+    attention_mask: torch.Tensor | None = None,
+    output_attentions: bool = False,
+    **kwargs,
+):
+    """OPT's attention forward with `v_head_dim` value channels per head (see _value_pruned_forward)."""
+    stock = sys.modules[type(self).__mro__[1].__module__]
+    bsz, tgt_len, _ = hidden_states.size()
+    query_states = (self.q_proj(hidden_states) * self.scaling).view(bsz, -1, self.num_heads, self.head_dim).transpose(1, 2)
+    key_states = self.k_proj(hidden_states).view(bsz, -1, self.num_heads, self.head_dim).transpose(1, 2)
+    value_states = self.v_proj(hidden_states).view(bsz, -1, self.num_heads, self.v_head_dim).transpose(1, 2)
+    if cache is not None:
+        key_states, value_states = cache.update(key_states, value_states, self.layer_idx, kwargs=kwargs)
+    attention_interface: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(
+        self.config._attn_implementation, stock.eager_attention_forward
+    )
+    attn_output, attn_weights = attention_interface(
+        self,
+        query_states,
+        key_states,
+        value_states,
+        attention_mask,
+        dropout=0.0 if not self.training else self.dropout,
+        scaling=1.0,  # the queries are scaled above, as in the stock OPT attention
+        **kwargs,
+    )
+    attn_output = attn_output.reshape(bsz, tgt_len, -1).contiguous()
+    return self.out_proj(attn_output), attn_weights
+
+
 def _value_pruned_attention(family: str, config, layer_idx: int, v_head_dim: int) -> nn.Module:
     """The family's stock attention with v_proj (or the value rows of qkv_proj) and o_proj narrowed."""
     stock = _stock(family, "Attention")
-    cls = type(f"HubPrune{_STOCK[family]}ValuePrunedAttention", (stock,), {"forward": _value_pruned_forward})
+    forward = _opt_value_pruned_forward if family == "opt" else _value_pruned_forward
+    cls = type(f"HubPrune{_STOCK[family]}ValuePrunedAttention", (stock,), {"forward": forward})
     attention = cls(config=config, layer_idx=layer_idx)
     attention.v_head_dim = v_head_dim
-    values = config.num_key_value_heads * v_head_dim
+    kv_heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
+    values = kv_heads * v_head_dim
     if hasattr(attention, "qkv_proj"):
-        qk = (config.num_attention_heads + config.num_key_value_heads) * attention.head_dim
+        qk = (config.num_attention_heads + kv_heads) * attention.head_dim
         attention.qkv_proj = nn.Linear(config.hidden_size, qk + values, bias=attention.qkv_proj.bias is not None)
     else:
         attention.v_proj = nn.Linear(config.hidden_size, values, bias=attention.v_proj.bias is not None)
-    attention.o_proj = nn.Linear(config.num_attention_heads * v_head_dim, config.hidden_size,
-                                 bias=attention.o_proj.bias is not None)
+    output = "out_proj" if family == "opt" else "o_proj"
+    setattr(attention, output, nn.Linear(config.num_attention_heads * v_head_dim, config.hidden_size,
+                                         bias=getattr(attention, output).bias is not None))
     return attention
 
 
@@ -303,4 +348,79 @@ class HubPrunePhi3ForCausalLM(HubPruneForCausalLM):
     config_class = HubPrunePhi3Config
 
 
-__all__ = ["HubPruneLlamaForCausalLM", "HubPruneMistralForCausalLM", "HubPrunePhi3ForCausalLM", "HubPruneQwen2ForCausalLM"]
+# -- OPT --------------------------------------------------------------------------------------------------
+class HubPruneOPTDecoderLayer(GradientCheckpointingLayer):
+    """OPT's decoder layer reading its structure from `block_configs` (like HubPruneDecoderLayer)."""
+
+    def __init__(self, config, layer_idx: int):
+        super().__init__()
+        block = config.block_configs[layer_idx]
+        norm = lambda: nn.LayerNorm(config.hidden_size, elementwise_affine=config.layer_norm_elementwise_affine)  # noqa: E731
+        self.do_layer_norm_before = config.do_layer_norm_before
+        self.dropout = config.dropout
+        self.activation_fn = ACT2FN[config.activation_function]
+        self.self_attn = self.self_attn_layer_norm = None
+        self.fc1 = self.fc2 = self.final_layer_norm = None
+        if not block["attention"]["no_op"]:
+            v_head_dim = block["attention"].get("v_head_dim")
+            if v_head_dim is None:
+                self.self_attn = _stock("opt", "Attention")(config=config, layer_idx=layer_idx)
+            else:
+                self.self_attn = _value_pruned_attention("opt", config, layer_idx, v_head_dim)
+            self.self_attn_layer_norm = norm()
+        if not block["ffn"]["no_op"]:
+            width = block["ffn"]["intermediate_size"]
+            self.fc1 = nn.Linear(config.hidden_size, width, bias=config.enable_bias)
+            self.fc2 = nn.Linear(width, config.hidden_size, bias=config.enable_bias)
+            self.final_layer_norm = norm()
+
+    @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        cache: Cache | None = None,
+        use_cache: bool | None = False,
+        position_ids: torch.LongTensor | None = None,
+        **kwargs,
+    ) -> torch.Tensor:
+        if self.self_attn is not None:
+            residual = hidden_states
+            if self.do_layer_norm_before:
+                hidden_states = self.self_attn_layer_norm(hidden_states)
+            hidden_states, _ = self.self_attn(
+                hidden_states=hidden_states,
+                cache=cache,
+                position_ids=position_ids,
+                attention_mask=attention_mask,
+                **kwargs,
+            )
+            hidden_states = residual + nn.functional.dropout(hidden_states, p=self.dropout, training=self.training)
+            if not self.do_layer_norm_before:
+                hidden_states = self.self_attn_layer_norm(hidden_states)
+        if self.fc1 is not None:
+            residual = hidden_states
+            if self.do_layer_norm_before:
+                hidden_states = self.final_layer_norm(hidden_states)
+            hidden_states = self.fc2(self.activation_fn(self.fc1(hidden_states)))
+            hidden_states = residual + nn.functional.dropout(hidden_states, p=self.dropout, training=self.training)
+            if not self.do_layer_norm_before:
+                hidden_states = self.final_layer_norm(hidden_states)
+        return hidden_states
+
+
+class HubPruneOPTForCausalLM(OPTForCausalLM):
+    """The stock OPT model (learned positions, decoder, head) with HubPruneOPTDecoderLayer blocks."""
+
+    config_class = HubPruneOPTConfig
+    _no_split_modules = ["HubPruneOPTDecoderLayer"]
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.model.decoder.layers = nn.ModuleList(
+            [HubPruneOPTDecoderLayer(config, layer_idx) for layer_idx in range(config.num_hidden_layers)]
+        )
+
+
+__all__ = ["HubPruneLlamaForCausalLM", "HubPruneMistralForCausalLM", "HubPruneOPTForCausalLM", "HubPrunePhi3ForCausalLM",
+           "HubPruneQwen2ForCausalLM"]
