@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import errno
 import logging
-import os
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass

@@ -133,8 +133,9 @@ def prune(model: str, method: str = "manual", *, output: str | Path, sparsity: f
     """Prune `model` with `method` and write the result to `output` (atomically).
 
     Finished steps are kept in the run folder (`runs.RunFolder`, default next to the output), so running
-    the same job again after an interruption resumes; it is deleted when the output is written. With `offload`, the model is never loaded whole: calibration, export and evaluation stream one block
-    at a time from the safetensors shards (None: only when the model does not fit in memory).
+    the same job again after an interruption resumes; it is deleted when the output is written. With
+    `offload`, the model is never loaded whole: calibration, export and evaluation stream one block at a
+    time from the safetensors shards (None: only when the model does not fit in memory).
     `loaded` lets a caller that already holds the model (tests, notebooks) skip loading it again."""
     job = PruneJob(model=model, method=method, output=str(output), sparsity=sparsity, options=dict(options or {}),
                    device=device, dtype=dtype, seed=seed, revision=revision, ppl=list(ppl or []),
@@ -153,8 +154,8 @@ def prune(model: str, method: str = "manual", *, output: str | Path, sparsity: f
     with RunFolder(run_dir or default_run_dir(output), key) as run:
         reused = [name for name in ("dense-evaluation", "selection") if run.load(name) is not None]
         evaluate_kwargs = dict(seq_len=seq_len, max_windows=max_windows)
-        dense_ppl = run.cached("dense-evaluation", lambda: perplexities(loaded, job.ppl, label="dense", **evaluate_kwargs)
-                               ) if job.ppl else {}
+        dense_ppl = {} if not job.ppl else run.cached(
+            "dense-evaluation", lambda: perplexities(loaded, job.ppl, label="dense", **evaluate_kwargs))
 
         context = PruneContext(loaded, sparsity, seed, job.options, seq_len=seq_len, run=run,
                                restored=LayerTensors(run.file("restored")))

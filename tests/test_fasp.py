@@ -113,8 +113,9 @@ def test_achieved_sparsity_is_within_half_a_percent(runs, sparsity):
     assert abs(runs[sparsity].record["sparsity"]["achieved"] - sparsity) < 0.005
 
 
-def test_reloaded_output_gives_the_in_memory_logits_and_cached_generation(runs):
-    result = runs[0.2]
+@pytest.mark.parametrize("sparsity", [0.1, 0.2, 0.3])
+def test_reloaded_output_gives_the_in_memory_logits_and_cached_generation(runs, sparsity):
+    result = runs[sparsity]
     reloaded = AutoModelForCausalLM.from_pretrained(result.output, trust_remote_code=True).eval()
     ids = torch.arange(100, 164)[None]
     with torch.no_grad():

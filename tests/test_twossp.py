@@ -4,7 +4,6 @@ and bad input."""
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import subprocess
 import sys

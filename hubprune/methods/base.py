@@ -31,14 +31,18 @@ class PruneContext:
     run: RunFolder | None = None
     restored: LayerTensors | None = None  # where a restoring method puts its refitted weights
 
+    def corpus(self, name: str) -> str:
+        """The calibration corpus `name` means: `auto` is the reference's C4, except for the embedded
+        default model, whose corpus works offline."""
+        if name == "auto":
+            return "default" if self.loaded.source.reference == "default" else "c4"
+        return name
+
     def calibration(self, name: str, count: int):
-        """`count` calibration windows of `seq_len` tokens and their provenance. `auto` is the
-        reference's C4, except for the embedded default model, whose corpus works offline."""
+        """`count` calibration windows of `seq_len` tokens and their provenance (see `corpus`)."""
         from ..data import calibration_windows
 
-        if name == "auto":
-            name = "default" if self.loaded.source.reference == "default" else "c4"
-        return calibration_windows(self.loaded.tokenizer, name, self.seq_len, count, self.seed)
+        return calibration_windows(self.loaded.tokenizer, self.corpus(name), self.seq_len, count, self.seed)
 
     def stack(self) -> DecoderStack:
         """Block-by-block access to the model (streamed from its shards when loaded with offload)."""

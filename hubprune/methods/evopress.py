@@ -13,7 +13,6 @@ every generation, so an interrupted search resumes at the generation it reached 
 """
 from __future__ import annotations
 
-import logging
 import math
 import random
 import time
@@ -24,7 +23,6 @@ from .base import PruneContext
 from .blockdrop import BlockBudgetMethod, blocks_to_remove
 from .registry import register
 
-log = logging.getLogger("hubprune")
 
 SEQUENCE_LENGTH = {"llama": 4096, "phi3": 4096, "qwen2": 2048}  # the reference's per-model_type L_cal
 DEFAULT_SEQUENCE_LENGTH = 8192
@@ -121,6 +119,10 @@ class EvoPress(BlockBudgetMethod):
         seq_len = opts["evopress_seq_len"] or SEQUENCE_LENGTH.get(model_type, DEFAULT_SEQUENCE_LENGTH)
         seq_len = min(int(seq_len), int(opts["evopress_tokens"]))
         generations = opts["evopress_generations"]
+        usable = int(opts["evopress_tokens"]) // seq_len * seq_len
+        if max(_ints(opts["evopress_selection_tokens"])) > usable:
+            raise InvalidOptionError(f"--evopress-selection-tokens: a step scores more tokens than the {usable} "
+                                     f"calibration tokens in whole sequences of {seq_len}")
         return {"calib_data": opts["calib_data"], "k": k, "num_layers": n, "seq_len": seq_len,
                 "sequences": int(opts["evopress_tokens"]) // seq_len,
                 "generations": generations_for(k, n) if generations is None else int(generations),
@@ -136,7 +138,7 @@ class EvoPress(BlockBudgetMethod):
 
         s = self.settings(context)
         n, k = s["num_layers"], s["k"]
-        sequences, provenance = joined_sequences(context.loaded.tokenizer, _corpus(context, s["calib_data"]),
+        sequences, provenance = joined_sequences(context.loaded.tokenizer, context.corpus(s["calib_data"]),
                                                  s["seq_len"], s["sequences"])
         stack = context.stack()
         timings = {}
@@ -196,12 +198,6 @@ class EvoPress(BlockBudgetMethod):
             kl_all_calibration_tokens={"initial": initial_kl, "final": final_kl},
             block_forwards=stack.block_forwards, timing_seconds=timings)
         return PrunePlan(skip_attention=attention, skip_mlp=mlp)
-
-
-def _corpus(context: PruneContext, name: str) -> str:
-    if name == "auto":
-        return "default" if context.loaded.source.reference == "default" else "c4"
-    return name
 
 
 def _checkpoint(context: PruneContext, rng: random.Random, state: dict) -> dict:

@@ -74,6 +74,8 @@ class DenseLogits:
 
 def sample_minibatch(rng, sequences: int, seq_len: int, tokens: int) -> Minibatch:
     """The reference's minibatch: distinct random sequences until exactly `tokens` tokens, the last one cut."""
+    if tokens > sequences * seq_len:
+        raise ValueError(f"a minibatch of {tokens} tokens needs more than {sequences} sequences of {seq_len}")
     chosen: Minibatch = []
     used = 0
     while used < tokens:
