@@ -146,16 +146,15 @@ class DecoderStack:
 
     @torch.no_grad()
     def run(self, layer: torch.nn.Module, index: int, hidden: torch.Tensor, *, skip_attention: bool = False,
-            skip_mlp: bool = False, mlp_params: dict[str, torch.Tensor] | None = None,
-            attn_params: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+            skip_mlp: bool = False, mlp_params: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
         """One block on `hidden` [batch, seq, d]. A skipped sub-module adds nothing to the residual (its
-        norm is not evaluated either). `mlp_params` / `attn_params` replace some of the MLP's / the
-        attention's weights (names local to it), e.g. by a sliced FFN or a refitted o_proj."""
+        norm is not evaluated either). `mlp_params` replaces some of the MLP's weights (names local to
+        the block), e.g. by a sliced FFN or a refitted down projection."""
         inputs = self.inputs(hidden.shape[0], hidden.shape[1])
         self.block_forwards += hidden.shape[0]
         if getattr(layer, "self_attn", None) is not None and not skip_attention:
             mask = inputs.masks.get(self.layer_types[index])
-            hidden = hidden + self.family.run_attention(layer, hidden, inputs, mask, attn_params)
+            hidden = hidden + self.family.run_attention(layer, hidden, inputs, mask)
         if self.family.has_mlp(layer) and not skip_mlp:
             hidden = hidden + self.family.run_mlp(layer, hidden, mlp_params)
         return hidden

@@ -78,16 +78,10 @@ class Family:
         """Final hidden states -> the head's input."""
         return self.decoder(model).norm(hidden)
 
-    def run_attention(self, layer, hidden: torch.Tensor, inputs, mask, params: dict | None) -> torch.Tensor:
-        """The attention sub-module's output (not added to the residual). `params` replaces some of the
-        block's weights (names local to the block)."""
-        attention = layer.self_attn
-        kwargs = dict(hidden_states=layer.input_layernorm(hidden), attention_mask=mask,
-                      position_ids=inputs.position_ids, position_embeddings=inputs.position_embeddings)
-        if params is None:
-            return attention(**kwargs)[0]
-        local = {n.removeprefix(self.attention_prefix): t for n, t in params.items()}
-        return functional_call(attention, local, (), kwargs)[0]
+    def run_attention(self, layer, hidden: torch.Tensor, inputs, mask) -> torch.Tensor:
+        """The attention sub-module's output (not added to the residual)."""
+        return layer.self_attn(hidden_states=layer.input_layernorm(hidden), attention_mask=mask,
+                               position_ids=inputs.position_ids, position_embeddings=inputs.position_embeddings)[0]
 
     def run_mlp(self, layer, hidden: torch.Tensor, params: dict | None) -> torch.Tensor:
         normed = layer.post_attention_layernorm(hidden)

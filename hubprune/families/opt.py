@@ -57,12 +57,8 @@ class OPTFamily(Family):
             hidden = decoder.project_out(hidden)
         return hidden
 
-    def run_attention(self, layer, hidden, inputs, mask, params):
-        kwargs = dict(hidden_states=layer.self_attn_layer_norm(hidden), attention_mask=mask)
-        if params is None:
-            return layer.self_attn(**kwargs)[0]
-        local = {n.removeprefix(self.attention_prefix): t for n, t in params.items()}
-        return functional_call(layer.self_attn, local, (), kwargs)[0]
+    def run_attention(self, layer, hidden, inputs, mask):
+        return layer.self_attn(hidden_states=layer.self_attn_layer_norm(hidden), attention_mask=mask)[0]
 
     def has_mlp(self, layer) -> bool:
         return getattr(layer, "fc1", None) is not None

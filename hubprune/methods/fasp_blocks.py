@@ -3,7 +3,9 @@
 While a block is being decided, its pruned sub-modules run at full shape with the refitted weights in
 the kept columns and zeros in the removed ones: a removed value channel or FFN neuron then adds
 exactly nothing, so the block computes what the pruned block will, and the next block is calibrated on
-the pruned model's own hidden states. The refitted weights, in the pruned layout, go to `restored`.
+the pruned model's own hidden states. Each sub-module runs twice per block: once dense for its
+statistics, once pruned (the attention's second run is only its output projection, on the inputs kept
+from the first). The refitted weights, in the pruned layout, go to `restored`.
 """
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ import time
 from contextlib import contextmanager
 
 import torch
+import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from ..plan import PrunePlan
@@ -42,11 +45,15 @@ class _Clock:
 
 
 @contextmanager
-def _gram(module: torch.nn.Module, size: int, dtype: torch.dtype, device: torch.device, clock: _Clock):
-    """Accumulate H = Σ x xᵀ over every token of `module`'s input while the `with` runs."""
+def _gram(module: torch.nn.Module, size: int, dtype: torch.dtype, device: torch.device, clock: _Clock,
+          inputs: list | None = None):
+    """Accumulate H = Σ x xᵀ over every token of `module`'s input while the `with` runs (and append
+    each input to `inputs` when given)."""
     gram = torch.zeros(size, size, dtype=dtype, device=device)
 
     def hook(_module, args):
+        if inputs is not None:
+            inputs.append(args[0])
         with clock("statistics"):
             x = args[0].reshape(-1, size).to(dtype)
             gram.addmm_(x.T, x)
@@ -84,12 +91,14 @@ def prune_blocks(stack: DecoderStack, windows: torch.Tensor, widths, restored: L
     states = [stack.embed(windows[i:i + batch]) for i in range(0, windows.shape[0], batch)]
     for index in tqdm(range(stack.num_layers), desc="fasp", disable=not progress, leave=False):
         with stack.block(index) as layer:
-            # Attention pair: o_proj's input does not depend on o_proj, so the dense pass gives H_o.
-            w_o = family.module(layer, value_cols).weight
+            # Attention pair: o_proj's input does not depend on o_proj, so the dense pass gives H_o, and
+            # its inputs (kept) give the pruned attention's output without running the attention again.
+            o_proj = family.module(layer, value_cols)
+            w_o = o_proj.weight
             size = w_o.shape[1]
             dtype = torch.float64 if size > fp64_above else torch.float32
-            with clock("calibration forward"), _gram(family.module(layer, value_cols), size, dtype, device,
-                                                     clock) as h_o:
+            o_inputs: list[torch.Tensor] = []
+            with clock("calibration forward"), _gram(o_proj, size, dtype, device, clock, o_inputs) as h_o:
                 for h in states:
                     stack.run(layer, index, h, skip_mlp=True)
             with clock("solves"):
@@ -98,11 +107,12 @@ def prune_blocks(stack: DecoderStack, windows: torch.Tensor, widths, restored: L
                 columns = family.value_columns(config, groups)
                 w_o_kept = restore(w_o, h_o, columns.to(device), damping=damping) if restore_weights else w_o[:, columns.to(device)]
             del h_o
-            attn_params = {f"{value_cols}.weight": _full_width(w_o_kept, columns, size)}
+            w_o_full = _full_width(w_o_kept, columns, size)
 
             # FFN pair, on the outputs of the pruned attention.
             with clock("calibration forward"):
-                mids = [stack.run(layer, index, h, skip_mlp=True, attn_params=attn_params) for h in states]
+                mids = [h + F.linear(x, w_o_full, o_proj.bias) for h, x in zip(states, o_inputs)]
+            del o_inputs
             w_d = family.module(layer, down).weight
             size = w_d.shape[1]
             dtype = torch.float64 if size > fp64_above else torch.float32

@@ -51,6 +51,28 @@ def _family(config) -> str:
     return config.model_type.removeprefix("hubprune_")
 
 
+def _attend(self, query_states, key_states, value_states, attention_mask, cache, input_shape, *, dropout: float,
+            scaling: float, **kwargs):
+    """KV-cache update, the configured attention kernel, heads merged: shared by the value-pruned forwards."""
+    stock = sys.modules[type(self).__mro__[1].__module__]  # the family's eager_attention_forward
+    if cache is not None:
+        key_states, value_states = cache.update(key_states, value_states, self.layer_idx, kwargs=kwargs)
+    attention_interface: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(
+        self.config._attn_implementation, stock.eager_attention_forward
+    )
+    attn_output, attn_weights = attention_interface(
+        self,
+        query_states,
+        key_states,
+        value_states,
+        attention_mask,
+        dropout=dropout if self.training else 0.0,
+        scaling=scaling,
+        **kwargs,
+    )
+    return attn_output.reshape(*input_shape, -1).contiguous(), attn_weights
+
+
 def _value_pruned_forward(
     self,
     hidden_states: torch.Tensor,
@@ -64,7 +86,7 @@ def _value_pruned_forward(
     Attention scores and RoPE use the untouched queries and keys; each head's output has v_head_dim
     channels, so o_proj reads num_attention_heads * v_head_dim inputs. SDPA (math / memory-efficient)
     and eager attention accept a value width different from the query width; flash-attention does not."""
-    stock = sys.modules[type(self).__mro__[1].__module__]  # apply_rotary_pos_emb, eager_attention_forward
+    stock = sys.modules[type(self).__mro__[1].__module__]  # the family's apply_rotary_pos_emb
     input_shape = hidden_states.shape[:-1]
     if hasattr(self, "qkv_proj"):  # Phi-3: fused q / k / v rows
         qkv = self.qkv_proj(hidden_states)
@@ -78,28 +100,12 @@ def _value_pruned_forward(
     query_states = query_states.view(*input_shape, -1, self.head_dim).transpose(1, 2)
     key_states = key_states.view(*input_shape, -1, self.head_dim).transpose(1, 2)
     value_states = value_states.view(*input_shape, -1, self.v_head_dim).transpose(1, 2)
-
     cos, sin = position_embeddings
     query_states, key_states = stock.apply_rotary_pos_emb(query_states, key_states, cos, sin)
-    if cache is not None:
-        key_states, value_states = cache.update(key_states, value_states, self.layer_idx, kwargs=kwargs)
-
-    attention_interface: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(
-        self.config._attn_implementation, stock.eager_attention_forward
-    )
     sliding_window = getattr(self, "sliding_window", getattr(self.config, "sliding_window", None))
-    attn_output, attn_weights = attention_interface(
-        self,
-        query_states,
-        key_states,
-        value_states,
-        attention_mask,
-        dropout=0.0 if not self.training else self.attention_dropout,
-        scaling=self.scaling,
-        sliding_window=sliding_window,
-        **kwargs,
-    )
-    attn_output = attn_output.reshape(*input_shape, -1).contiguous()
+    attn_output, attn_weights = _attend(self, query_states, key_states, value_states, attention_mask, cache,
+                                        input_shape, dropout=self.attention_dropout, scaling=self.scaling,
+                                        sliding_window=sliding_window, **kwargs)
     return self.o_proj(attn_output), attn_weights
 
 
@@ -112,27 +118,13 @@ def _opt_value_pruned_forward(
     **kwargs,
 ):
     """OPT's attention forward with `v_head_dim` value channels per head (see _value_pruned_forward)."""
-    stock = sys.modules[type(self).__mro__[1].__module__]
     bsz, tgt_len, _ = hidden_states.size()
     query_states = (self.q_proj(hidden_states) * self.scaling).view(bsz, -1, self.num_heads, self.head_dim).transpose(1, 2)
     key_states = self.k_proj(hidden_states).view(bsz, -1, self.num_heads, self.head_dim).transpose(1, 2)
     value_states = self.v_proj(hidden_states).view(bsz, -1, self.num_heads, self.v_head_dim).transpose(1, 2)
-    if cache is not None:
-        key_states, value_states = cache.update(key_states, value_states, self.layer_idx, kwargs=kwargs)
-    attention_interface: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(
-        self.config._attn_implementation, stock.eager_attention_forward
-    )
-    attn_output, attn_weights = attention_interface(
-        self,
-        query_states,
-        key_states,
-        value_states,
-        attention_mask,
-        dropout=0.0 if not self.training else self.dropout,
-        scaling=1.0,  # the queries are scaled above, as in the stock OPT attention
-        **kwargs,
-    )
-    attn_output = attn_output.reshape(bsz, tgt_len, -1).contiguous()
+    # scaling 1.0: the queries are scaled above, as in the stock OPT attention
+    attn_output, attn_weights = _attend(self, query_states, key_states, value_states, attention_mask, cache,
+                                        (bsz, tgt_len), dropout=self.dropout, scaling=1.0, **kwargs)
     return self.out_proj(attn_output), attn_weights
 
 
