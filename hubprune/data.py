@@ -85,9 +85,7 @@ def token_windows(tokenizer, corpus: Corpus, seq_len: int, max_windows: int | No
     """Non-overlapping windows [n, seq_len] of the corpus joined with blank lines, tokenized once with
     no BOS (the 2SSP protocol). The remainder is dropped. Never silently short: fewer than
     `min_windows` full windows is an error."""
-    if tokenizer is None:
-        raise DatasetUnavailableError("the model folder has no tokenizer files, so text cannot be tokenized; "
-                                      "add the source model's tokenizer to the folder")
+    _require_tokenizer(tokenizer)
     ids = _tokenize_prefix(tokenizer, "\n\n".join(corpus.texts), None if max_windows is None else max_windows * seq_len)
     available = ids.numel() // seq_len
     if available < min_windows:
@@ -96,6 +94,12 @@ def token_windows(tokenizer, corpus: Corpus, seq_len: int, max_windows: int | No
             "use a longer corpus, a smaller --seq-len or fewer windows")
     count = available if max_windows is None else min(available, max_windows)
     return ids[: count * seq_len].view(count, seq_len)
+
+
+def _require_tokenizer(tokenizer) -> None:
+    if tokenizer is None:
+        raise DatasetUnavailableError("the model folder has no tokenizer files, so text cannot be tokenized; "
+                                      "add the source model's tokenizer to the folder")
 
 
 _SLACK_TOKENS = 64
@@ -134,8 +138,7 @@ def joined_sequences(tokenizer, name: str, seq_len: int, count: int) -> tuple[to
     blank line between them; once the buffer holds `seq_len` tokens its start is one sequence and the
     rest of the buffer is dropped."""
     corpus = load_corpus(name, "calibration")
-    if tokenizer is None:
-        token_windows(None, corpus, seq_len)  # raises the no-tokenizer error
+    _require_tokenizer(tokenizer)
     separator = tokenizer("\n\n", add_special_tokens=False).input_ids
     sequences, buffer = [], []
     for text in corpus.texts:

@@ -152,7 +152,7 @@ def prune(model: str, method: str = "manual", *, output: str | Path, sparsity: f
     dense = loaded.model
     key = {"job": job.resume_key(), "source_revision": loaded.source.revision, "hubprune": __version__}
     with RunFolder(run_dir or default_run_dir(output), key) as run:
-        reused = [name for name in ("dense-evaluation", "selection") if run.load(name) is not None]
+        reused = [name for name in ("dense-evaluation", "selection") if name in run.steps()]
         evaluate_kwargs = dict(seq_len=seq_len, max_windows=max_windows)
         dense_ppl = {} if not job.ppl else run.cached(
             "dense-evaluation", lambda: perplexities(loaded, job.ppl, label="dense", **evaluate_kwargs))

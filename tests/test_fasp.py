@@ -47,10 +47,10 @@ def test_gqa_unit_is_a_kv_group_channel_across_the_groups_heads():
     assert family.value_columns(config, groups).tolist() == [0, 3, 4, 7, 9, 10, 13, 14]
     assert family.value_row_indices(config, groups).tolist() == [0, 3, 5, 6]
     # A channel weak in one head but strong in its group's other head is kept: scores sum per group.
-    from hubprune.methods.fasp_blocks import _top
+    from hubprune.methods.twossp_stages import top_neurons
 
     per_head = torch.tensor([[5., 0, 0, 1], [0, 0, 0, 9], [1, 2, 3, 4], [1, 2, 3, 4]])  # [heads, head_dim]
-    assert _top(per_head.view(2, 2, 4).sum(1), 2).tolist() == [[0, 3], [2, 3]]
+    assert top_neurons(per_head.view(2, 2, 4).sum(1), 2) == [[0, 3], [2, 3]]
 
 
 @pytest.fixture(scope="module")

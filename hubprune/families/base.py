@@ -92,9 +92,6 @@ class Family:
     def has_mlp(self, layer) -> bool:
         return getattr(layer, "mlp", None) is not None
 
-    def module(self, layer, name: str) -> torch.nn.Module:
-        """A block's sub-module by its block-local dotted name, e.g. 'mlp.down_proj'."""
-        return layer.get_submodule(name)
 
     def slice_ffn(self, tensors: dict[str, torch.Tensor], keep: torch.Tensor) -> dict[str, torch.Tensor]:
         """Keep FFN neurons `keep` (ascending indices) in one block's tensors (names local to the block)."""

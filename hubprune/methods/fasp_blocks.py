@@ -20,6 +20,7 @@ from ..plan import PrunePlan
 from ..runs import LayerTensors
 from ..sequential import DecoderStack
 from .restoration import column_scores, restore
+from .twossp_stages import top_neurons
 
 
 class _Clock:
@@ -65,12 +66,6 @@ def _gram(module: torch.nn.Module, size: int, dtype: torch.dtype, device: torch.
         handle.remove()
 
 
-def _top(scores: torch.Tensor, keep: int) -> torch.Tensor:
-    """Indices of the `keep` largest scores along the last dim (ties: lower index), ascending."""
-    order = torch.sort(-scores, dim=-1, stable=True).indices[..., :keep]
-    return torch.sort(order, dim=-1).values
-
-
 def _full_width(restored: torch.Tensor, columns: torch.Tensor, width: int) -> torch.Tensor:
     """A [d_out, width] weight with `restored` in `columns` and zeros elsewhere."""
     full = torch.zeros(restored.shape[0], width, dtype=restored.dtype, device=restored.device)
@@ -93,7 +88,7 @@ def prune_blocks(stack: DecoderStack, windows: torch.Tensor, widths, restored: L
         with stack.block(index) as layer:
             # Attention pair: o_proj's input does not depend on o_proj, so the dense pass gives H_o, and
             # its inputs (kept) give the pruned attention's output without running the attention again.
-            o_proj = family.module(layer, value_cols)
+            o_proj = layer.get_submodule(value_cols)
             w_o = o_proj.weight
             size = w_o.shape[1]
             dtype = torch.float64 if size > fp64_above else torch.float32
@@ -103,7 +98,7 @@ def prune_blocks(stack: DecoderStack, windows: torch.Tensor, widths, restored: L
                     stack.run(layer, index, h, skip_mlp=True)
             with clock("solves"):
                 scores = column_scores(w_o, h_o).view(kv_heads, heads // kv_heads, head_dim).sum(1)
-                groups = _top(scores, widths.value_keep).tolist()
+                groups = top_neurons(scores, widths.value_keep)
                 columns = family.value_columns(config, groups)
                 w_o_kept = restore(w_o, h_o, columns.to(device), damping=damping) if restore_weights else w_o[:, columns.to(device)]
             del h_o
@@ -113,14 +108,14 @@ def prune_blocks(stack: DecoderStack, windows: torch.Tensor, widths, restored: L
             with clock("calibration forward"):
                 mids = [h + F.linear(x, w_o_full, o_proj.bias) for h, x in zip(states, o_inputs)]
             del o_inputs
-            w_d = family.module(layer, down).weight
+            w_d = layer.get_submodule(down).weight
             size = w_d.shape[1]
             dtype = torch.float64 if size > fp64_above else torch.float32
-            with clock("calibration forward"), _gram(family.module(layer, down), size, dtype, device, clock) as h_d:
+            with clock("calibration forward"), _gram(layer.get_submodule(down), size, dtype, device, clock) as h_d:
                 for m in mids:
                     stack.run(layer, index, m, skip_attention=True)
             with clock("solves"):
-                neurons = _top(column_scores(w_d, h_d), widths.ffn_keep)
+                neurons = torch.tensor(top_neurons(column_scores(w_d, h_d)[None], widths.ffn_keep)[0], device=device)
                 w_d_kept = restore(w_d, h_d, neurons, damping=damping) if restore_weights else w_d[:, neurons]
             del h_d
             mlp_params = {f"{down}.weight": _full_width(w_d_kept, neurons, size)}
