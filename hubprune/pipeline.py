@@ -2,7 +2,10 @@
 `evaluate` (perplexity of any model). The CLI is a thin layer over these functions."""
 from __future__ import annotations
 
+import contextlib
+import gc
 import hashlib
+import json
 import platform
 import random
 import shutil
@@ -14,9 +17,8 @@ import torch
 import transformers
 
 from . import __version__
-from .data import load_corpus, token_windows
-from .errors import InvalidOptionError
-from .evaluation import perplexity
+from .errors import HubPruneError, InvalidOptionError
+from .evaluation.suite import RESULTS_FILENAME, EvalSettings, Evaluation
 from .export import (
     RECORD_FILENAME,
     atomic_folder,
@@ -31,7 +33,7 @@ from .loading import LoadedModel, load_model
 from .methods import PruneContext, get_method
 from .plan import PrunePlan
 from .runs import LayerTensors, RunFolder, default_run_dir
-from .sequential import DecoderStack, ShardReader, stack_perplexity
+from .sequential import ShardReader
 from .surgery import apply_plan, decoder_parameters, model_class, pruned_config, total_parameters
 
 SPARSITY_DEFINITION = "removed fraction of decoder-layer parameters (embeddings, lm_head and final norm excluded)"
@@ -56,6 +58,10 @@ class PruneJob:
     offload: bool | None = None  # stream blocks from the shards: True always, None when the model does not fit
     overwrite: bool = False
     run_dir: str | None = None  # where finished steps are kept for resuming [next to the output]
+    evaluation: dict = field(default_factory=dict)  # EvalSettings beyond ppl/seq_len/max_windows
+
+    def eval_settings(self) -> EvalSettings:
+        return EvalSettings(ppl=self.ppl, seq_len=self.seq_len, max_windows=self.max_windows, **self.evaluation)
 
     def resume_key(self) -> dict:
         """The settings a run folder's saved steps depend on (not where the output goes)."""
@@ -79,8 +85,10 @@ class PruneJob:
         method.check_options(self.options)
         if self.seq_len < 2:
             raise InvalidOptionError("--seq-len must be at least 2")
-        if self.max_windows is not None and self.max_windows < 1:
-            raise InvalidOptionError("--max-windows must be at least 1")
+        try:
+            self.eval_settings().validate()
+        except TypeError as exc:
+            raise InvalidOptionError(f"unknown evaluation option: {exc}") from None
 
 
 @dataclass
@@ -109,38 +117,25 @@ def environment(device: torch.device) -> dict:
     return env
 
 
-def perplexities(loaded: LoadedModel, corpora: list[str], *, seq_len: int, max_windows: int | None,
-                 label: str) -> dict:
-    """Perplexity on each corpus: a whole-model forward, or block by block for a streamed model."""
-    results = {}
-    for name in corpora:
-        corpus = load_corpus(name, "evaluation")
-        windows = token_windows(loaded.tokenizer, corpus, seq_len, max_windows)
-        desc = f"{label} ppl {name}"
-        if loaded.shards is None:
-            result = perplexity(loaded.model, windows, desc=desc)
-        else:
-            result = stack_perplexity(DecoderStack(loaded), windows, desc=desc)
-        results[name] = {**result.to_dict(), "provenance": corpus.provenance, "bos": False, "loss_dtype": "float32"}
-    return results
-
-
 def prune(model: str, method: str = "manual", *, output: str | Path, sparsity: float | None = None,
           options: dict | None = None, device: str = "auto", dtype: str = "auto", seed: int = 0,
           revision: str | None = None, token: str | None = None, ppl: list[str] | None = None,
           seq_len: int = 2048, max_windows: int | None = None, offload: bool | None = None, overwrite: bool = False,
-          run_dir: str | Path | None = None, loaded: LoadedModel | None = None) -> PruneResult:
+          run_dir: str | Path | None = None, evaluation: dict | None = None,
+          loaded: LoadedModel | None = None) -> PruneResult:
     """Prune `model` with `method` and write the result to `output` (atomically).
 
     Finished steps are kept in the run folder (`runs.RunFolder`, default next to the output), so running
     the same job again after an interruption resumes; it is deleted when the output is written. With
     `offload`, the model is never loaded whole: calibration, export and evaluation stream one block at a
     time from the safetensors shards (None: only when the model does not fit in memory).
+    `evaluation` holds further `EvalSettings` (tasks, speed, ppl_mode, ...): the dense model and the pruned
+    one are evaluated with them in this run, and the results go to hubprune.json and results.json.
     `loaded` lets a caller that already holds the model (tests, notebooks) skip loading it again."""
     job = PruneJob(model=model, method=method, output=str(output), sparsity=sparsity, options=dict(options or {}),
                    device=device, dtype=dtype, seed=seed, revision=revision, ppl=list(ppl or []),
                    seq_len=seq_len, max_windows=max_windows, offload=offload, overwrite=overwrite,
-                   run_dir=None if run_dir is None else str(run_dir))
+                   run_dir=None if run_dir is None else str(run_dir), evaluation=dict(evaluation or {}))
     job.validate()
     output = Path(output)
     check_output(output, overwrite)  # refuse before any expensive work
@@ -150,12 +145,13 @@ def prune(model: str, method: str = "manual", *, output: str | Path, sparsity: f
         loaded = load_model(model, device=device, dtype=dtype, revision=revision, token=token, output=output,
                             offload=offload, check=lambda m: method_impl.check_model(m, sparsity, job.options))
     dense = loaded.model
+    settings = job.eval_settings()
+    settings.check_in_memory(loaded.shards is not None)
     key = {"job": job.resume_key(), "source_revision": loaded.source.revision, "hubprune": __version__}
-    with RunFolder(run_dir or default_run_dir(output), key) as run:
-        reused = [name for name in ("dense-evaluation", "selection") if name in run.steps()]
-        evaluate_kwargs = dict(seq_len=seq_len, max_windows=max_windows)
-        dense_ppl = {} if not job.ppl else run.cached(
-            "dense-evaluation", lambda: perplexities(loaded, job.ppl, label="dense", **evaluate_kwargs))
+    with RunFolder(run_dir or default_run_dir(output), key) as run, Evaluation(settings, run=run, seed=seed) as evaluation:
+        reused = run.steps()
+        if settings:  # before pruning: the speed of the dense model is measured while it is intact
+            evaluation.add("dense", loaded, str(model))
 
         context = PruneContext(loaded, sparsity, seed, job.options, seq_len=seq_len, run=run,
                                restored=LayerTensors(run.file("restored")))
@@ -192,13 +188,14 @@ def prune(model: str, method: str = "manual", *, output: str | Path, sparsity: f
             achieved = 1 - pruned_counts["decoder"] / dense_counts["decoder"]
             summary.update(sparsity_achieved=round(achieved, 6), parameters_dense=dense_counts["total"],
                            parameters_pruned=pruned_counts["total"])
-            pruned_ppl = perplexities(pruned_loaded, job.ppl, label="pruned", **evaluate_kwargs)
+            if settings:
+                evaluation.add("pruned", pruned_loaded, str(output))
             record.update(
                 architecture="hubprune remote code" if getattr(pruned_model.config, "auto_map", None) else "stock transformers",
                 sparsity={"definition": SPARSITY_DEFINITION, "requested": sparsity, "achieved": achieved},
                 parameters={"dense": dense_counts, "pruned": pruned_counts},
                 timing_seconds={"select": select_seconds, "apply": apply_seconds, "prune": select_seconds + apply_seconds},
-                evaluation={"perplexity": {name: {"dense": dense_ppl[name], "pruned": pruned_ppl[name]} for name in job.ppl}},
+                evaluation=evaluation.document(record["environment"]) if settings else None,
             )
 
         normalized = plan.normalized(dense.config.num_hidden_layers)
@@ -211,6 +208,7 @@ def prune(model: str, method: str = "manual", *, output: str | Path, sparsity: f
             with atomic_folder(output, overwrite) as folder:
                 save_model_folder(folder, pruned, loaded.tokenizer, plan=normalized, record=record,
                                   max_shard_size=shard_size)
+                _save_results(folder, record)
         else:
             with atomic_folder(output, overwrite) as folder:
                 started = time.perf_counter()
@@ -218,7 +216,13 @@ def prune(model: str, method: str = "manual", *, output: str | Path, sparsity: f
                 complete(pruned_loaded, time.perf_counter() - started)
                 pruned_loaded.model.config.save_pretrained(folder)  # now that `summary` holds the counts
                 save_companions(folder, pruned_loaded.model.config, loaded.tokenizer, plan=normalized, record=record)
+                _save_results(folder, record)
     return PruneResult(output, record, pruned)
+
+
+def _save_results(folder: Path, record: dict) -> None:
+    if record["evaluation"]:
+        write_json(folder / RESULTS_FILENAME, record["evaluation"])
 
 
 def _in_memory(model, like: LoadedModel) -> LoadedModel:
@@ -240,27 +244,71 @@ def _streamed_export(folder: Path, loaded: LoadedModel, plan: PrunePlan, summary
                        shards=ShardReader(folder))
 
 
-def evaluate(model: str, *, ppl: list[str], output: str | Path | None = None, device: str = "auto",
-             dtype: str = "auto", revision: str | None = None, token: str | None = None, seq_len: int = 2048,
-             max_windows: int | None = None, overwrite: bool = False) -> dict:
-    """Perplexity of `model` (a Hub id, a local or pruned folder) on each corpus; JSON to output/results.json."""
-    if not ppl:
-        raise InvalidOptionError("nothing to evaluate: pass --ppl with one or more corpora, e.g. --ppl default")
-    results_path = Path(output) / "results.json" if output else None
+def evaluate(model: str, *, ppl: list[str] | None = None, output: str | Path | None = None,
+             baseline: str | None = "auto", device: str = "auto", dtype: str = "auto", revision: str | None = None,
+             token: str | None = None, seq_len: int = 2048, max_windows: int | None = None, seed: int = 0,
+             overwrite: bool = False, **options) -> dict:
+    """Evaluate `model` (a Hub id, a local or pruned folder) and its dense baseline in one run; returns the
+    results.json document, also written to `output`/results.json when `output` is given.
+
+    `baseline`: 'auto' evaluates the source model recorded in a hubprune output's hubprune.json as
+    'dense' (nothing for a model that is not a hubprune output), 'none' skips it, anything else names the
+    model to compare with. `options` are the other `EvalSettings` (tasks, speed, ppl_mode, limit, ...).
+    With `output`, finished parts are kept in a run folder next to it, so the same call resumes."""
+    settings = EvalSettings(ppl=list(ppl or []), seq_len=seq_len, max_windows=max_windows, **options)
+    settings.validate()
+    if not settings:
+        raise InvalidOptionError("nothing to evaluate: pass --ppl CORPORA, --tasks TASKS and/or --speed")
+    results_path = Path(output) / RESULTS_FILENAME if output else None
     if results_path is not None and results_path.exists() and not overwrite:
         raise InvalidOptionError(f"{results_path} already exists; pass --overwrite to replace it")
-    loaded = load_model(model, device=device, dtype=dtype, revision=revision, token=token, offload=None)
-    results = {
-        "hubprune_version": __version__,
-        "model": {"reference": model, "repo_id": loaded.source.repo_id, "revision": loaded.source.revision,
-                  "parameters": total_parameters(loaded.model), "dtype": str(loaded.dtype).removeprefix("torch.")},
-        "perplexity": perplexities(loaded, ppl, seq_len=seq_len, max_windows=max_windows, label="eval"),
-        "environment": environment(loaded.device),
-    }
-    if results_path is not None:
-        results_path.parent.mkdir(parents=True, exist_ok=True)
-        write_json(results_path, results)
+    record = _hubprune_record(model, revision, token)
+    roles = [("dense", baseline_reference(record, baseline), None)] if baseline_reference(record, baseline) else []
+    roles.append(("pruned" if record else "dense", model, revision))
+    key = {"model": model, "revision": revision, "baseline": roles[0][1], "settings": asdict(settings),
+           "dtype": dtype, "seed": seed, "hubprune": __version__}
+    run = RunFolder(default_run_dir(results_path.parent), key) if results_path else contextlib.nullcontext()
+    seed_everything(seed)
+    with run, Evaluation(settings, run=run if results_path else None, seed=seed) as evaluation:
+        for role, reference, rev in roles:
+            if role == "dense" and record:  # the source at the revision it was pruned from
+                rev = record["source"].get("revision") if reference == record["source"]["reference"] else None
+            loaded = load_model(reference, device=device, dtype=dtype, revision=rev, token=token, offload=None)
+            evaluation.add(role, loaded, reference)
+            environment_info = environment(loaded.device)
+            del loaded
+            _release_memory()
+        results = evaluation.document(environment_info)
+        if results_path is not None:
+            results_path.parent.mkdir(parents=True, exist_ok=True)
+            write_json(results_path, results)
     return results
 
 
-__all__ = ["RECORD_FILENAME", "PruneJob", "PruneResult", "evaluate", "prune"]
+def _hubprune_record(model: str, revision: str | None, token: str | None) -> dict | None:
+    """The hubprune.json of `model` when it is a hubprune output (local folder or cached Hub repo)."""
+    from .loading import resolve_model
+
+    try:
+        path = resolve_model(model, revision=revision, token=token).path
+    except HubPruneError:
+        return None  # load_model reports the problem with its own message
+    file = Path(path) / RECORD_FILENAME
+    return json.loads(file.read_text()) if file.is_file() else None
+
+
+def baseline_reference(record: dict | None, baseline: str | None) -> str | None:
+    if baseline in (None, "none"):
+        return None
+    if baseline != "auto":
+        return baseline
+    return record["source"]["reference"] if record else None
+
+
+def _release_memory() -> None:
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+__all__ = ["RECORD_FILENAME", "RESULTS_FILENAME", "PruneJob", "PruneResult", "evaluate", "prune"]

@@ -16,13 +16,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from safetensors import safe_open
 from tqdm.auto import tqdm
 from transformers.masking_utils import create_causal_mask, create_sliding_window_causal_mask
 
 from .errors import InvalidOptionError
-from .evaluation.perplexity import PerplexityResult
+from .evaluation.perplexity import PerplexityResult, window_nll
 
 SAFETENSORS_INDEX = "model.safetensors.index.json"
 
@@ -170,18 +169,20 @@ class DecoderStack:
         return out
 
     @torch.no_grad()
-    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        """fp32 logits of final hidden states [..., d] (final norm, then the head)."""
-        return self.model.lm_head(self.family.final(self.model, hidden)).float()
+    def logits(self, hidden: torch.Tensor, fp32: bool = True) -> torch.Tensor:
+        """Logits of final hidden states [..., d] (final norm, then the head), upcast to fp32 unless not `fp32`."""
+        logits = self.model.lm_head(self.family.final(self.model, hidden))
+        return logits.float() if fp32 else logits
 
     @torch.no_grad()
-    def nll(self, hidden: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
-        """Summed next-token NLL (fp64) of final hidden states [batch, seq, d] against `ids` [batch, seq].
-        Logits in fp32, one window at a time so a large vocabulary never holds [batch, seq, V]."""
+    def nll(self, hidden: torch.Tensor, ids: torch.Tensor, mode: str = "accurate") -> torch.Tensor:
+        """Summed next-token NLL (fp64) of final hidden states [batch, seq, d] against `ids` [batch, seq],
+        as `evaluation.perplexity` computes it in `mode`; one window at a time so a large vocabulary never
+        holds [batch, seq, V]."""
         total = torch.zeros((), dtype=torch.float64, device=self.device)
         ids = ids.to(self.device)
         for window, target in zip(hidden, ids):
-            total += F.cross_entropy(self.logits(window[:-1]), target[1:], reduction="sum").double()
+            total += window_nll(self.logits(window[:-1], fp32=mode == "accurate"), target[1:], mode)
         return total
 
 
@@ -194,14 +195,15 @@ def mlp_parameters(layer: torch.nn.Module, family, keep: torch.Tensor | None) ->
 
 
 @torch.no_grad()
-def stack_perplexity(stack: DecoderStack, windows: torch.Tensor, *, desc: str = "perplexity", progress: bool = True):
+def stack_perplexity(stack: DecoderStack, windows: torch.Tensor, *, mode: str = "accurate", desc: str = "perplexity",
+                     progress: bool = True):
     """Perplexity computed block by block (same protocol as `evaluation.perplexity`); every window's
     hidden state is held on the device while the blocks pass."""
     states = [stack.embed(w.unsqueeze(0)) for w in windows]
     for index in tqdm(range(stack.num_layers), desc=desc, disable=not progress, leave=False):
         with stack.block(index) as layer:
             states = [stack.run(layer, index, s) for s in states]
-    nll_sum = sum(stack.nll(s, w.unsqueeze(0)) for s, w in zip(states, windows))
+    nll_sum = sum(stack.nll(s, w.unsqueeze(0), mode) for s, w in zip(states, windows))
     tokens = windows.shape[0] * (windows.shape[1] - 1)
     nll = (nll_sum / tokens).item()
     return PerplexityResult(math.exp(nll), nll, tokens, len(windows), windows.shape[1])

@@ -81,15 +81,19 @@ def test_info_reports_structure_and_parameter_counts(pruned_run):
     assert [b["layer"] for b in info["blocks"] if not b["attention"]] == [0, 27]  # block 28 dropped: 27 keeps its index
 
 
-def test_evaluate_loads_the_pruned_folder_and_writes_results(pruned_run, tmp_path):
+def test_evaluate_loads_the_pruned_folder_and_its_source_as_baseline(pruned_run, tmp_path):
     folder, result = pruned_run
     results = hubprune.evaluate(str(folder / "out"), ppl=["default"], seq_len=SEQ_LEN, max_windows=WINDOWS,
                                 output=tmp_path, device="cpu")
-    recorded = result.record["evaluation"]["perplexity"]["default"]["pruned"]["perplexity"]
-    assert results["perplexity"]["default"]["perplexity"] == pytest.approx(recorded, rel=1e-5)
+    recorded = result.record["evaluation"]["perplexity"]["default"]
+    for role in ("dense", "pruned"):  # the baseline is the source recorded in hubprune.json
+        assert results["perplexity"]["default"][role]["perplexity"] == pytest.approx(recorded[role]["perplexity"],
+                                                                                     rel=1e-5)
     saved = json.loads((tmp_path / "results.json").read_text())
-    assert saved["perplexity"]["default"]["provenance"]["split"] == "evaluation"
-    assert saved["model"]["parameters"] == result.record["parameters"]["pruned"]["total"]
+    assert saved == json.loads(json.dumps(results))
+    assert saved["perplexity"]["default"]["protocol"]["corpus"]["split"] == "evaluation"
+    assert saved["models"]["pruned"]["parameters"] == result.record["parameters"]["pruned"]["total"]
+    assert saved["models"]["dense"]["parameters"] == result.record["parameters"]["dense"]["total"]
 
 
 @pytest.mark.slow

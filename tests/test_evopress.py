@@ -153,7 +153,7 @@ def test_an_interrupted_search_resumes_at_its_generation_with_the_same_result(re
     resumed = run(embedded_model, tmp_path / "out")
     # Only generation 2 (two selection steps) and the final check were computed again.
     assert len(scored) == 3
-    assert resumed.record["resumed_steps"] == ["dense-evaluation"]
+    assert resumed.record["resumed_steps"] == ["dense-perplexity-0", "evopress"]
     assert searched(resumed.record) == searched(reference_run.record)
     assert (tmp_path / "out" / "hubprune_plan.json").read_text() == \
         (reference_run.output / "hubprune_plan.json").read_text()

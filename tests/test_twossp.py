@@ -300,6 +300,7 @@ def test_a_model_that_does_not_fit_is_streamed_automatically(tmp_path, monkeypat
     result = hubprune.prune(str(source), "2ssp", sparsity=0.3, output=tmp_path / "out", device="cpu", seq_len=64,
                             options={"calib_samples": 2, "calib_data": "default"}, ppl=["default"], max_windows=2)
     assert result.record["streamed_block_by_block"]
-    evaluated = hubprune.evaluate(str(tmp_path / "out"), ppl=["default"], seq_len=64, max_windows=2, device="cpu")
-    assert evaluated["perplexity"]["default"]["perplexity"] == pytest.approx(
+    evaluated = hubprune.evaluate(str(tmp_path / "out"), ppl=["default"], seq_len=64, max_windows=2, device="cpu",
+                                  baseline="none")
+    assert evaluated["perplexity"]["default"]["pruned"]["perplexity"] == pytest.approx(
         result.record["evaluation"]["perplexity"]["default"]["pruned"]["perplexity"], rel=1e-5)

@@ -1,7 +1,11 @@
 """Perplexity with the 2SSP protocol: non-overlapping windows, no BOS, batch 1, no cache.
 
-Loss is computed on fp32 logits whatever the model dtype, and summed in fp64 over all predicted
-tokens (every window has seq_len - 1 targets, so this equals the reference's mean of window means).
+Two modes (algorithms.md §5.1):
+- `accurate` (default): the loss is computed on fp32 logits whatever the model dtype and summed in
+  fp64 over all predicted tokens (every window has seq_len - 1 targets, so this equals the mean of
+  window means).
+- `reference`: what the 2SSP code computes: each window's mean cross-entropy on logits in the model's
+  dtype (bf16 loss in a bf16 run, with its ~1 % rounding), then the mean of the window means.
 """
 from __future__ import annotations
 
@@ -11,6 +15,8 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
+
+PPL_MODES = ("accurate", "reference")
 
 
 @dataclass
@@ -25,15 +31,26 @@ class PerplexityResult:
         return asdict(self)
 
 
+def window_nll(logits: torch.Tensor, targets: torch.Tensor, mode: str) -> torch.Tensor:
+    """Summed NLL of one window's targets: fp64 from fp32 logits (accurate), or the reference's
+    model-dtype mean times the target count (so both modes sum the same way afterwards)."""
+    if mode == "accurate":
+        return F.cross_entropy(logits.float(), targets, reduction="sum").double()
+    if mode == "reference":
+        return F.cross_entropy(logits, targets).double() * targets.numel()
+    raise ValueError(f"unknown perplexity mode {mode!r}: {', '.join(PPL_MODES)}")
+
+
 @torch.no_grad()
-def perplexity(model, windows: torch.Tensor, *, desc: str = "perplexity", progress: bool = True) -> PerplexityResult:
+def perplexity(model, windows: torch.Tensor, *, mode: str = "accurate", desc: str = "perplexity",
+               progress: bool = True) -> PerplexityResult:
     device = next(model.parameters()).device
     nll_sum = torch.zeros((), dtype=torch.float64, device=device)
     tokens = 0
     for window in tqdm(windows, desc=desc, disable=not progress, leave=False):
         ids = window.unsqueeze(0).to(device)
-        logits = model(input_ids=ids, use_cache=False).logits[0, :-1].float()
-        nll_sum += F.cross_entropy(logits, ids[0, 1:], reduction="sum").double()
+        logits = model(input_ids=ids, use_cache=False).logits[0, :-1]
+        nll_sum += window_nll(logits, ids[0, 1:], mode)
         tokens += ids.shape[1] - 1
     nll = (nll_sum / tokens).item()
     return PerplexityResult(math.exp(nll), nll, tokens, len(windows), windows.shape[1])

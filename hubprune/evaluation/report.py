@@ -1,0 +1,78 @@
+"""Readable views of a results.json document: rows for tables (CLI, model card, job summaries)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass
+class Row:
+    kind: str  # perplexity | downstream | speed
+    name: str  # corpus, task, or speed measurement
+    metric: str
+    dense: float | None
+    pruned: float | None
+    note: str  # protocol in a few words
+    higher_is_better: bool
+
+
+def _source_note(protocol: dict) -> str:
+    if protocol["source"] == "local":
+        return f"{protocol['split']} split, local files"
+    if protocol["source"] == "file":
+        return "task file"
+    return f"{protocol['split']} split, Hub"
+
+
+def result_rows(doc: dict) -> list[Row]:
+    rows = []
+    for name, entry in doc["perplexity"].items():
+        p = entry["protocol"]
+        rows.append(Row("perplexity", name, "perplexity", *(entry.get(r, {}).get("perplexity") for r in ("dense", "pruned")),
+                        f"{p['windows']} x {p['seq_len']} tokens, {p['mode']}", False))
+    for name, entry in doc["downstream"].items():
+        p = entry["protocol"]
+        limit = f", limit {p['limit']:g}" if p["limit"] is not None else ""
+        for metric in p["metrics"]:
+            rows.append(Row("downstream", name, metric, *(entry.get(r, {}).get(metric) for r in ("dense", "pruned")),
+                            f"0-shot, {_source_note(p)}{limit}", True))
+    speed = doc.get("speed")
+    if speed:
+        p = speed["protocol"]
+        rows.append(Row("speed", f"prefill {p['prefill_tokens']} tokens", "ms",
+                        *(speed.get(r, {}).get("prefill_ms") for r in ("dense", "pruned")), p["device"], False))
+        for batch in p["decode_batches"]:
+            rows.append(Row("speed", f"decode batch {batch}", "tokens/s",
+                            *(speed.get(r, {}).get("decode_tokens_per_second", {}).get(str(batch)) for r in ("dense", "pruned")),
+                            p["device"], True))
+        if any(speed.get(r, {}).get("peak_memory_bytes") for r in ("dense", "pruned")):
+            rows.append(Row("speed", "peak GPU memory", "GiB",
+                            *(_gib(speed.get(r, {}).get("peak_memory_bytes")) for r in ("dense", "pruned")),
+                            p["device"], False))
+    return rows
+
+
+def _gib(value: int | None) -> float | None:
+    return None if value is None else value / 2**30
+
+
+def _fmt(value: float | None, metric: str) -> str:
+    if value is None:
+        return "-"
+    if metric in ("acc", "acc_norm"):
+        return f"{100 * value:.2f}"
+    return f"{value:.3f}" if metric == "perplexity" else f"{value:.2f}"
+
+
+def format_results(doc: dict) -> str:
+    """A plain-text table: one line per number, dense and pruned side by side."""
+    roles = [r for r in ("dense", "pruned") if r in doc["models"]]
+    lines = []
+    for row in result_rows(doc):
+        values = "  ".join(f"{r} {_fmt(getattr(row, r), row.metric):>9}" for r in roles)
+        lines.append(f"{row.kind:<10} {row.name:<24} {row.metric:<10} {values}   ({row.note})")
+    ratio = doc.get("speed", {}).get("pruned_vs_dense")
+    if ratio:
+        decode = ", ".join(f"batch {b} {v:.2f}x" for b, v in ratio["decode_speedup"].items())
+        lines.append(f"speed-up measured in this run: prefill {ratio['prefill_speedup']:.2f}x, decode {decode} "
+                     f"(parameters x{ratio['parameter_ratio']:.3f})")
+    return "\n".join(lines)

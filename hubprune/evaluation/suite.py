@@ -1,0 +1,200 @@
+"""One evaluation run: perplexity, downstream tasks and speed of a dense baseline and a pruned model,
+with the protocol of every number, assembled into the results.json document (results.schema.json)."""
+from __future__ import annotations
+
+import json
+import tempfile
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Callable
+
+from .. import __version__
+from ..errors import InvalidOptionError
+from .perplexity import PPL_MODES, perplexity
+from .speed import SpeedSettings, measure_speed, timer_name
+from .tasks import TASK_SOURCES, ResolvedTask, lm_eval_version, resolve_tasks, run_tasks
+
+ROLES = ("dense", "pruned")
+SCHEMA_FILE = Path(__file__).with_name("results.schema.json")
+RESULTS_FILENAME = "results.json"
+
+
+@dataclass
+class EvalSettings:
+    """What to evaluate; every field is recorded with the results."""
+
+    ppl: list[str] = field(default_factory=list)  # corpora
+    ppl_mode: str = "accurate"
+    seq_len: int = 2048
+    max_windows: int | None = None
+    tasks: list[str] = field(default_factory=list)  # lm-eval tasks (names or YAML paths)
+    tasks_source: str = "auto"
+    limit: float | None = None  # items per task: a count, or a fraction below 1
+    batch_size: int = 1  # lm-eval batch size (the reference's 1)
+    speed: bool = False
+    speed_tokens: int | None = None  # prefill length [2048 on a GPU, 256 on a CPU]
+    speed_batch: int | None = None  # the larger decode batch [16 on a GPU, 4 on a CPU]
+
+    def __bool__(self) -> bool:
+        return bool(self.ppl or self.tasks or self.speed)
+
+    def validate(self) -> None:
+        if self.ppl_mode not in PPL_MODES:
+            raise InvalidOptionError(f"--ppl-mode {self.ppl_mode!r}: use {' or '.join(PPL_MODES)}")
+        if self.tasks_source not in TASK_SOURCES:
+            raise InvalidOptionError(f"--tasks-source {self.tasks_source!r}: use one of {', '.join(TASK_SOURCES)}")
+        if self.limit is not None and self.limit <= 0:
+            raise InvalidOptionError("--limit must be positive: a number of items, or a fraction below 1")
+        for flag, value in (("--batch-size", self.batch_size), ("--speed-tokens", self.speed_tokens),
+                            ("--speed-batch", self.speed_batch), ("--max-windows", self.max_windows)):
+            if value is not None and value < 1:
+                raise InvalidOptionError(f"{flag} must be at least 1")
+
+    def check_in_memory(self, streamed: bool) -> None:
+        if streamed and (self.tasks or self.speed):
+            raise InvalidOptionError("--tasks and --speed need the whole model in memory, and this one is streamed "
+                                     "block by block (--offload, or it does not fit); drop them here and run "
+                                     "`hubprune eval` on the output on a machine where it fits")
+
+
+def model_summary(loaded, reference: str) -> dict:
+    from ..surgery import total_parameters
+
+    return {"reference": reference, "repo_id": loaded.source.repo_id, "revision": loaded.source.revision,
+            "parameters": total_parameters(loaded.model), "dtype": str(loaded.dtype).removeprefix("torch.")}
+
+
+class Evaluation:
+    """Evaluates models under one `EvalSettings`, one role at a time.
+
+    Perplexities and task scores are kept in `run` (a `runs.RunFolder`) as they are made, so an
+    interrupted run resumes without recomputing them. Speed is always measured afresh, so that the dense
+    and pruned timings come from one process on one machine."""
+
+    def __init__(self, settings: EvalSettings, *, run=None, seed: int = 0):
+        settings.validate()
+        self.settings, self.run, self.seed = settings, run, seed
+        self.models: dict[str, dict] = {}
+        self.parts: dict[str, dict] = {}
+        self._task_folder: tempfile.TemporaryDirectory | None = None
+        self._tasks: list[ResolvedTask] | None = None
+
+    def _cached(self, name: str, make: Callable[[], dict]) -> dict:
+        return make() if self.run is None else self.run.cached(name, make)
+
+    def add(self, role: str, loaded, reference: str) -> dict:
+        """Evaluate `loaded` as `role` ('dense' or 'pruned'); returns its part of the results."""
+        if role not in ROLES:
+            raise ValueError(f"role {role!r}")
+        s = self.settings
+        s.check_in_memory(loaded.shards is not None)
+        self.models[role] = model_summary(loaded, reference)
+        part = {"perplexity": {}, "downstream": {}}
+        for index, corpus in enumerate(s.ppl):
+            entry = self._cached(f"{role}-perplexity-{index}", lambda: self._perplexity(loaded, corpus, role))
+            part["perplexity"][entry["name"]] = entry
+        if s.tasks:
+            tasks = self._resolved_tasks()
+            scores = self._cached(f"{role}-downstream", lambda: run_tasks(
+                loaded.model, _tokenizer(loaded), tasks, Path(self._task_folder.name), limit=s.limit,
+                batch_size=s.batch_size, seed=self.seed))
+            for task in tasks:
+                part["downstream"][task.name] = {"protocol": self._task_protocol(task), "result": scores[task.name]}
+        if s.speed:
+            settings = SpeedSettings.for_device(loaded.device, s.speed_tokens, s.speed_batch)
+            result = measure_speed(loaded.model, settings, seed=self.seed, desc=f"{role} speed")
+            result["parameters"] = self.models[role]["parameters"]
+            part["speed"] = {"protocol": {**settings.to_dict(), "timer": timer_name(loaded.device),
+                                          "device": str(loaded.device)}, "result": result}
+        self.parts[role] = part
+        return part
+
+    def _perplexity(self, loaded, corpus_name: str, role: str) -> dict:
+        from ..data import load_corpus, token_windows
+        from ..sequential import DecoderStack, stack_perplexity
+
+        s = self.settings
+        corpus = load_corpus(corpus_name, "evaluation")
+        windows = token_windows(_tokenizer(loaded), corpus, s.seq_len, s.max_windows)
+        desc = f"{role} ppl {corpus.name}"
+        if loaded.shards is None:
+            result = perplexity(loaded.model, windows, mode=s.ppl_mode, desc=desc)
+        else:
+            result = stack_perplexity(DecoderStack(loaded), windows, mode=s.ppl_mode, desc=desc)
+        protocol = {"corpus": corpus.provenance, "seq_len": s.seq_len, "stride": s.seq_len, "windows": result.windows,
+                    "max_windows": s.max_windows, "mode": s.ppl_mode, "bos": False,
+                    "loss": "fp32 logits, fp64 sum" if s.ppl_mode == "accurate" else "model-dtype logits, window means"}
+        return {"name": corpus.name, "protocol": protocol,
+                "result": {"perplexity": result.perplexity, "nll": result.nll, "tokens": result.tokens}}
+
+    def _resolved_tasks(self) -> list[ResolvedTask]:
+        if self._tasks is None:
+            self._task_folder = tempfile.TemporaryDirectory(prefix="hubprune-tasks-")
+            # `auto` is decided once and kept, so a resumed run scores its second model on the same data.
+            source = self._cached("downstream-source", lambda: {"source": self._choose_source()})["source"]
+            self._tasks = resolve_tasks(self.settings.tasks, source, Path(self._task_folder.name))
+        return self._tasks
+
+    def _choose_source(self) -> str:
+        from .tasks import hub_reachable
+
+        if self.settings.tasks_source != "auto":
+            return self.settings.tasks_source
+        return "hub" if hub_reachable() else "local"
+
+    def _task_protocol(self, task: ResolvedTask) -> dict:
+        return {"source": task.source, "lm_eval_task": task.lm_eval_name, **task.protocol, "num_fewshot": 0,
+                "limit": self.settings.limit, "batch_size": self.settings.batch_size,
+                "lm_eval_version": lm_eval_version(), "metrics": ["acc", "acc_norm"], "primary_metric": "acc"}
+
+    def document(self, environment: dict) -> dict:
+        """The results.json document of every role evaluated so far (validated)."""
+        doc = {"schema_version": 1, "hubprune_version": __version__, "models": self.models,
+               "perplexity": {}, "downstream": {}}
+        for role, part in self.parts.items():
+            for kind in ("perplexity", "downstream"):
+                for name, entry in part[kind].items():
+                    doc[kind].setdefault(name, {"protocol": entry["protocol"]})[role] = entry["result"]
+            if "speed" in part:
+                doc.setdefault("speed", {"protocol": part["speed"]["protocol"]})[role] = part["speed"]["result"]
+        for entry in doc["downstream"].values():  # acc_norm only where the task has it
+            entry["protocol"]["metrics"] = [m for m in ("acc", "acc_norm")
+                                            if any(m in entry.get(r, {}) for r in ROLES)]
+        speed = doc.get("speed", {})
+        if "dense" in speed and "pruned" in speed:
+            dense, pruned = speed["dense"], speed["pruned"]
+            speed["pruned_vs_dense"] = {
+                "prefill_speedup": dense["prefill_ms"] / pruned["prefill_ms"],
+                "decode_speedup": {b: pruned["decode_tokens_per_second"][b] / v
+                                   for b, v in dense["decode_tokens_per_second"].items()},
+                "parameter_ratio": pruned["parameters"] / dense["parameters"]}
+        doc["environment"] = environment
+        validate_results(doc)
+        return doc
+
+    def __enter__(self) -> Evaluation:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._task_folder is not None:
+            self._task_folder.cleanup()
+
+
+def _tokenizer(loaded):
+    from ..data import _require_tokenizer
+
+    _require_tokenizer(loaded.tokenizer)
+    return loaded.tokenizer
+
+
+@lru_cache(maxsize=1)
+def results_schema() -> dict:
+    return json.loads(SCHEMA_FILE.read_text())
+
+
+def validate_results(doc: dict) -> None:
+    """Raise jsonschema.ValidationError when `doc` does not follow results.schema.json."""
+    import jsonschema
+
+    jsonschema.validate(doc, results_schema())
