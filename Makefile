@@ -22,12 +22,14 @@ $(BIN)/.installed: pyproject.toml Makefile
 install: $(BIN)/.installed
 
 # Prune the embedded SmolLM2-135M by 25 % with 2SSP (calibrated on the embedded corpus), evaluate dense
-# vs pruned perplexity on its held-out part, and write a model folder that loads with trust_remote_code.
-# Shorter windows than the reference's 2048 keep it about a minute on two CPU cores.
+# vs pruned perplexity on its held-out part and speed, write a model folder that loads with
+# trust_remote_code, then publish it with its model card to a local Hub server and download it back.
+# Shorter windows than the reference's 2048 keep it about two minutes on two CPU cores.
 demo: install
 	$(BIN)/hubprune prune default --method 2ssp --sparsity 0.25 --calib-samples 32 --seq-len 256 \
-	    --output runs/demo --overwrite --device auto --ppl default --max-windows 32
+	    --output runs/demo --overwrite --device auto --ppl default --max-windows 32 --speed
 	$(BIN)/hubprune info runs/demo
+	$(BIN)/python -m hubprune.testing.demo runs/demo
 	@echo "demo output: $(CURDIR)/runs/demo  (load: AutoModelForCausalLM.from_pretrained('runs/demo', trust_remote_code=True))"
 
 # The default test run (CI runs exactly this): everything but tests marked slow.

@@ -7,9 +7,11 @@
 Each method x sparsity is pruned in memory (hubprune.prune, calibrated on the embedded corpus or
 --calib-data), then every model is timed with hubprune's speed protocol (evaluation/speed.py): prefill
 latency of one [1, N] forward and greedy decode throughput with the KV cache at batch 1 and a larger
-batch. The dense model is timed first and again last, so drift of the machine during the run shows.
-Ratios are dense time / pruned time, next to the ideal 1/(1-s) for the decoder layers' share and
-the ratio of all parameters (embeddings and head are not pruned, so they bound what is possible).
+batch. The dense model is timed right before each pruned one and the ratio is taken against that
+adjacent measurement, so slow drift of a shared machine cancels; the spread of the dense timings over
+the run is recorded next to the ratios. Ratios are dense time / pruned time, next to the ideal
+1/(1-s) for the decoder layers' share and the ratio of all parameters (embeddings and head are not
+pruned, so they bound what is possible).
 """
 from __future__ import annotations
 
@@ -57,6 +59,7 @@ def main() -> None:
                                         options={"calib_data": args.calib_data, "calib_samples": args.calib_samples})
                 achieved = result.record["sparsity"]["achieved"]
                 pruned_params = result.record["parameters"]["pruned"]["total"]
+                timings[f"dense before {name}"] = measure_speed(dense.model, settings, desc="dense")
                 timings[name] = measure_speed(result.model, settings, desc=name)
                 rows[name] = {"method": method, "sparsity_requested": sparsity, "sparsity_achieved": achieved,
                               "parameters": pruned_params,
@@ -66,9 +69,8 @@ def main() -> None:
                 gc.collect()
     timings["dense (last)"] = measure_speed(dense.model, settings, desc="dense")
 
-    reference = timings["dense (first)"]
     for name, row in rows.items():
-        t = timings[name]
+        t, reference = timings[name], timings[f"dense before {name}"]
         row.update(prefill_ms=t["prefill_ms"], decode_tokens_per_second=t["decode_tokens_per_second"],
                    peak_memory_bytes=t["peak_memory_bytes"],
                    prefill_speedup=reference["prefill_ms"] / t["prefill_ms"],
@@ -80,17 +82,19 @@ def main() -> None:
         "decoder_parameters_dense": dense_decoder,
         "protocol": {**settings.to_dict(), "timer": timer_name(dense.device), "inputs": "seeded random token ids"},
         "calibration": {"data": args.calib_data, "samples": args.calib_samples, "seq_len": args.calib_seq_len},
-        "dense": {k: timings[k] for k in ("dense (first)", "dense (last)")},
+        "dense": {k: v for k, v in timings.items() if k.startswith("dense")},
+        "dense_prefill_ms_range": [min(v["prefill_ms"] for k, v in timings.items() if k.startswith("dense")),
+                                   max(v["prefill_ms"] for k, v in timings.items() if k.startswith("dense"))],
         "pruned": rows,
         "environment": environment(dense.device),
     }
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)
     Path(args.output).write_text(json.dumps(record, indent=1) + "\n")
-    print(f"{'model':<16} {'achieved':>8} {'prefill ms':>10} {'x':>5} {'ideal':>5} "
-          + " ".join(f"{'dec b' + b:>8} {'x':>5}" for b in reference["decode_tokens_per_second"]))
-    for name in ["dense (first)", *rows, "dense (last)"]:
+    print(f"{'model':<24} {'achieved':>8} {'prefill ms':>10} {'x':>5} {'ideal':>5} "
+          + " ".join(f"{'dec b' + b:>8} {'x':>5}" for b in timings["dense (first)"]["decode_tokens_per_second"]))
+    for name in timings:
         t, row = timings[name], rows.get(name, {})
-        line = f"{name:<16} {row.get('sparsity_achieved', 0):>8.3f} {t['prefill_ms']:>10.1f} " \
+        line = f"{name:<24} {row.get('sparsity_achieved', 0):>8.3f} {t['prefill_ms']:>10.1f} " \
                f"{row.get('prefill_speedup', 1):>5.2f} {row.get('ideal_speedup_decoder', 1):>5.2f} "
         line += " ".join(f"{v:>8.1f} {row.get('decode_speedup', {}).get(b, 1):>5.2f}"
                          for b, v in t["decode_tokens_per_second"].items())

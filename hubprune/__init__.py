@@ -4,7 +4,8 @@ Library API (the CLI is a thin layer over it):
 
     import hubprune
     result = hubprune.prune("default", "manual", options={"plan": "plan.yaml"}, output="out", ppl=["default"])
-    hubprune.evaluate("out", ppl=["default"])
+    hubprune.evaluate("out", ppl=["default"], tasks=["piqa"], speed=True)
+    hubprune.push(repo_id="me/model", from_dir="out")
     hubprune.load_model("meta-llama/Llama-2-7b-hf", device="cuda", dtype="bfloat16")
 """
 __version__ = "0.1.0"
@@ -13,7 +14,7 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "HubPruneError": "errors", "model_info": "info", "load_model": "loading", "METHODS": "methods",
     "get_method": "methods", "PruneJob": "pipeline", "PruneResult": "pipeline", "evaluate": "pipeline",
-    "prune": "pipeline", "PrunePlan": "plan", "apply_plan": "surgery",
+    "prune": "pipeline", "PrunePlan": "plan", "apply_plan": "surgery", "push": "push", "render_card": "card",
 }
 __all__ = ["__version__", *_EXPORTS]
 

@@ -49,6 +49,23 @@ hubprune_plan.json (replay it with --method manual --plan; weights refitted by f
 not part of the plan) and hubprune.json (all settings and results). It is written to a temporary folder and moved into place when complete."""
 
 
+PUSH_EPILOG = """\
+recipe file (--recipe), YAML; every key is a push / prune option (underscores for dashes):
+  defaults: {device: cuda, dtype: bfloat16, private: true}   # optional, for every job
+  jobs:
+    - model: meta-llama/Llama-2-7b-hf
+      method: fasp
+      sparsity: [0.2, 0.3]                  # a list: one repo per value
+      repo_id: me/Llama-2-7b-fasp{sparsity_pct}
+      options: {calib_samples: 128}
+      ppl: [wikitext2]
+      evaluation: {tasks: [arc_easy, piqa], speed: true}
+
+The token comes from --token, HF_TOKEN or `hf auth login`; it is never printed or written.
+A second push of the same result makes no commit; an interrupted upload publishes nothing and the
+same command resumes it."""
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str):  # one line, exit code 2
         self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
@@ -78,10 +95,15 @@ def _evaluation(args: argparse.Namespace) -> dict:
     return options
 
 
-def _common(parser: argparse.ArgumentParser, *, output_help: str) -> None:
+def _common(parser: argparse.ArgumentParser, *, output_help: str, push: bool = False) -> None:
     group = parser.add_argument_group("model and device")
-    group.add_argument("model", metavar="MODEL", help="Hub repo id, local folder, .gguf file, or 'default'")
-    group.add_argument("--revision", help="Hub branch, tag or commit (default: main)")
+    group.add_argument("model", metavar="MODEL", nargs="?" if push else None,
+                       help="Hub repo id, local folder, .gguf file, or 'default'")
+    if push:  # --revision is the branch pushed to
+        group.add_argument("--source-revision", dest="source_revision", metavar="REV",
+                           help="MODEL's Hub branch, tag or commit (default: main)")
+    else:
+        group.add_argument("--revision", help="Hub branch, tag or commit (default: main)")
     group.add_argument("--token", help="Hub token (default: HF_TOKEN or the saved `hf auth login`)")
     group.add_argument("--device", default="auto", help="cuda, cuda:N, cpu or auto (cuda when present) [auto]")
     group.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
@@ -120,21 +142,12 @@ def _ppl_options(parser: argparse.ArgumentParser) -> None:
                     help="the larger decode batch, next to batch 1 [16 on a GPU, 4 on a CPU]")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _prune_options(p: argparse.ArgumentParser) -> None:
+    """The method, calibration and method-specific options (shared by prune and push)."""
     from .methods import METHODS
 
-    parser = _Parser(prog="hubprune", description=DESCRIPTION, epilog=EPILOG,
-                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--version", action="version", version=f"hubprune {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
-    sub.required = True
-
-    p = sub.add_parser("prune", help="prune a model and write a loadable model folder",
-                       description="Prune MODEL with --method and write the result to --output.",
-                       epilog=PRUNE_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    _common(p, output_help="output model folder (required)")
     m = p.add_argument_group("method")
-    m.add_argument("--method", required=True, help=f"pruning method: {', '.join(sorted(METHODS))}")
+    m.add_argument("--method", help=f"pruning method: {', '.join(sorted(METHODS))}")
     m.add_argument("--sparsity", type=float, help="fraction of decoder-layer parameters to remove, in (0, 1)")
     m.add_argument("--plan", help="plan file for --method manual (JSON or YAML, format below)")
     m.add_argument("--offload", action="store_true",
@@ -193,6 +206,20 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--evopress-batch", type=int, metavar="B", help="sequences run through a block together [8]")
     _ppl_options(p)
 
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="hubprune", description=DESCRIPTION, epilog=EPILOG,
+                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"hubprune {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+
+    p = sub.add_parser("prune", help="prune a model and write a loadable model folder",
+                       description="Prune MODEL with --method and write the result to --output.",
+                       epilog=PRUNE_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    _common(p, output_help="output model folder (required)")
+    _prune_options(p)
+
     e = sub.add_parser("eval", help="evaluate a model (and its dense baseline): perplexity, tasks, speed",
                        description="Evaluate MODEL: perplexity on each corpus of --ppl (non-overlapping windows, no "
                                    "BOS), 0-shot --tasks through lm-eval, and --speed. For a hubprune output, the "
@@ -204,6 +231,39 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--baseline", default="auto", metavar="MODEL|auto|none",
                    help="dense model to compare with: auto = the source of a hubprune output [auto]")
     _ppl_options(e)
+
+    u = sub.add_parser("push", help="prune, evaluate, write the model card and upload to the Hub, in one go",
+                       description="The release job: prune MODEL with --method (or take the pruned folder "
+                                   "--from-dir), evaluate dense vs pruned, render README.md (the model card) and "
+                                   "upload the folder to --repo-id in one commit. Nothing is uploaded unless every "
+                                   "step before succeeded; the token is checked before pruning starts. Without "
+                                   "evaluation options it measures perplexity (wikitext2; the embedded corpus for "
+                                   "MODEL=default) and speed.",
+                       epilog=PUSH_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    _common(u, output_help="where the pruned folder is written [./NAME of --repo-id]; reused when it already "
+                           "holds this job's result", push=True)
+    h = u.add_argument_group("publishing")
+    h.add_argument("--repo-id", help="target repo, NAMESPACE/NAME (created if missing)")
+    h.add_argument("--private", action="store_true", help="create the repo private")
+    h.add_argument("--revision", help="branch to push to (created if missing) [main]")
+    h.add_argument("--commit-message", help="[Upload NAME with hubprune]")
+    h.add_argument("--endpoint", help="Hub endpoint [HF_ENDPOINT or https://huggingface.co]")
+    h.add_argument("--from-dir", metavar="DIR", help="publish this already pruned output folder (no pruning)")
+    h.add_argument("--recipe", metavar="YAML", help="push every job of a recipe file (format below)")
+    h.add_argument("--template", metavar="J2", help="jinja2 model card template [templates/model_card.md.j2]")
+    h.add_argument("--no-eval", action="store_true", help="publish without evaluating")
+    h.add_argument("--dry-run", action="store_true",
+                   help="do everything but the upload, and list the files that would be uploaded")
+    _prune_options(u)
+
+    c = sub.add_parser("card", help="render a pruned folder's model card (README.md)",
+                       description="Render DIR/README.md from the run's hubprune.json and results.json with the "
+                                   "jinja2 template (Hub metadata with base_model, license, tags and model-index).")
+    c.add_argument("folder", metavar="DIR", help="a hubprune output folder")
+    c.add_argument("--repo-id", help="the repo it will be published as (used in the card's code snippets)")
+    c.add_argument("--template", metavar="J2", help="jinja2 template [templates/model_card.md.j2]")
+    c.add_argument("--validate", action="store_true", help="also have the Hub validate the metadata (needs network)")
+    c.add_argument("--endpoint", help="Hub endpoint for --validate")
 
     sub.add_parser("methods", help="list pruning methods", description="List the registered pruning methods.")
 
@@ -236,6 +296,8 @@ def _run(args: argparse.Namespace) -> None:
 
         if not args.output:
             raise InvalidOptionError("prune needs --output DIR")
+        if not args.method:
+            raise InvalidOptionError("prune needs --method (see `hubprune methods`)")
         options = {key: getattr(args, key) for key in METHOD_OPTIONS}
         result = prune(args.model, args.method, output=args.output, sparsity=args.sparsity, options=options,
                        device=args.device, dtype=args.dtype, seed=args.seed, revision=args.revision,
@@ -253,6 +315,15 @@ def _run(args: argparse.Namespace) -> None:
         if record["evaluation"]:
             print(format_results(record["evaluation"]))
         print(f"output: {result.output}  ({record['architecture']})")
+    elif args.command == "push":
+        _push(args)
+    elif args.command == "card":
+        from .card import validate_card, write_card
+
+        path = write_card(args.folder, repo_id=args.repo_id, template=args.template)
+        if args.validate:
+            validate_card(args.folder, args.endpoint)
+        print(f"model card: {path}" + (" (validated by the Hub)" if args.validate else ""))
     elif args.command == "eval":
         from .pipeline import evaluate
 
@@ -263,6 +334,33 @@ def _run(args: argparse.Namespace) -> None:
         print(format_results(results))
         if args.output:
             print(f"results: {args.output}/results.json")
+
+
+def _push(args: argparse.Namespace) -> None:
+    from .push import push, push_recipe
+
+    if args.recipe:
+        results = push_recipe(args.recipe, token=args.token, dry_run=args.dry_run)
+    else:
+        if not args.repo_id:
+            raise InvalidOptionError("push needs --repo-id NAMESPACE/NAME (or --recipe FILE)")
+        options = {key: getattr(args, key) for key in METHOD_OPTIONS}
+        results = [push(args.model, args.method, repo_id=args.repo_id, from_dir=args.from_dir, output=args.output,
+                        private=args.private, revision=args.revision, commit_message=args.commit_message,
+                        endpoint=args.endpoint, token=args.token, evaluate=not args.no_eval, dry_run=args.dry_run,
+                        template=args.template, overwrite=args.overwrite, source_revision=args.source_revision,
+                        sparsity=args.sparsity, options=options, device=args.device, dtype=args.dtype,
+                        seed=args.seed, ppl=args.ppl, seq_len=args.seq_len, max_windows=args.max_windows,
+                        offload=True if args.offload else None, run_dir=args.run_dir, evaluation=_evaluation(args))]
+    for result in results:
+        p = result.published
+        if p.dry_run:
+            print(f"dry run: would upload {len(p.files)} files from {result.folder} to {p.url} (branch {p.revision}):")
+            print("\n".join(f"  {f}" for f in p.files))
+        elif p.changed:
+            print(f"published {result.folder} to {p.url} (branch {p.revision}, commit {p.commit})")
+        else:
+            print(f"{p.url} (branch {p.revision}) already holds this result: no new commit")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -31,7 +31,8 @@ from .surgery import model_class, total_parameters
 
 # What a causal LM needs from a repo: weights (safetensors only), config, tokenizer, generation config.
 HUB_FILE_PATTERNS = ["*.safetensors", "*.safetensors.index.json", "config.json", "generation_config.json",
-                     "tokenizer*", "special_tokens_map.json", "*.model", "vocab.*", "merges.txt", "*.py"]
+                     "tokenizer*", "special_tokens_map.json", "*.model", "vocab.*", "merges.txt", "*.py",
+                     "README.md"]  # the base model's card: its license is inherited
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 GiB = 1024**3
 logger = logging.getLogger("hubprune")

@@ -17,6 +17,7 @@ import torch
 import transformers
 
 from . import __version__
+from .card import source_license
 from .errors import HubPruneError, InvalidOptionError
 from .evaluation.suite import RESULTS_FILENAME, EvalSettings, Evaluation
 from .export import (
@@ -174,7 +175,8 @@ def prune(model: str, method: str = "manual", *, output: str | Path, sparsity: f
             "job": asdict(job),
             "source": {"reference": loaded.source.reference, "repo_id": loaded.source.repo_id,
                        "revision": loaded.source.revision, "model_type": dense.config.model_type,
-                       "dtype": str(loaded.dtype).removeprefix("torch.")},
+                       "dtype": str(loaded.dtype).removeprefix("torch."),
+                       "license": source_license(loaded.source.path, model)},
             "streamed_block_by_block": loaded.shards is not None,
             "resumed_steps": reused,
             "method_report": context.report,
@@ -273,7 +275,13 @@ def evaluate(model: str, *, ppl: list[str] | None = None, output: str | Path | N
         for role, reference, rev in roles:
             if role == "dense" and record:  # the source at the revision it was pruned from
                 rev = record["source"].get("revision") if reference == record["source"]["reference"] else None
-            loaded = load_model(reference, device=device, dtype=dtype, revision=rev, token=token, offload=None)
+            try:
+                loaded = load_model(reference, device=device, dtype=dtype, revision=rev, token=token, offload=None)
+            except HubPruneError as exc:
+                if role == "dense" and record:
+                    raise type(exc)(f"{exc} (it is the baseline {model} was pruned from; --baseline none skips it, "
+                                    "--baseline MODEL names another)") from None
+                raise
             evaluation.add(role, loaded, reference)
             environment_info = environment(loaded.device)
             del loaded

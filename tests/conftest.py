@@ -2,9 +2,15 @@
 embedded real model (SmolLM2-135M, converted once into the hubprune cache)."""
 from __future__ import annotations
 
-import pytest
-import torch
-from transformers import (
+import os
+
+# Before anything imports huggingface_hub: uploads to the local test Hub go through the LFS protocol
+# (Xet needs a storage service the local server does not emulate). Tests never talk to the real Hub.
+os.environ["HF_HUB_DISABLE_XET"] = "1"
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from transformers import (  # noqa: E402
     AutoModelForCausalLM,
     AutoTokenizer,
     LlamaConfig,

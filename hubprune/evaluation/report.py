@@ -55,7 +55,8 @@ def _gib(value: int | None) -> float | None:
     return None if value is None else value / 2**30
 
 
-def _fmt(value: float | None, metric: str) -> str:
+def format_value(value: float | None, metric: str) -> str:
+    """Accuracies in %, perplexities with 3 decimals, the rest with 2."""
     if value is None:
         return "-"
     if metric in ("acc", "acc_norm"):
@@ -68,7 +69,7 @@ def format_results(doc: dict) -> str:
     roles = [r for r in ("dense", "pruned") if r in doc["models"]]
     lines = []
     for row in result_rows(doc):
-        values = "  ".join(f"{r} {_fmt(getattr(row, r), row.metric):>9}" for r in roles)
+        values = "  ".join(f"{r} {format_value(getattr(row, r), row.metric):>9}" for r in roles)
         lines.append(f"{row.kind:<10} {row.name:<24} {row.metric:<10} {values}   ({row.note})")
     ratio = doc.get("speed", {}).get("pruned_vs_dense")
     if ratio:
@@ -76,3 +77,30 @@ def format_results(doc: dict) -> str:
         lines.append(f"speed-up measured in this run: prefill {ratio['prefill_speedup']:.2f}x, decode {decode} "
                      f"(parameters x{ratio['parameter_ratio']:.3f})")
     return "\n".join(lines)
+
+
+def markdown_table(doc: dict) -> str:
+    """The same numbers as a Markdown table (GitHub job summaries)."""
+    roles = [r for r in ("dense", "pruned") if r in doc["models"]]
+    lines = ["| | metric | " + " | ".join(roles) + " | protocol |", "| --- | --- | " + "---: | " * len(roles) + "--- |"]
+    for row in result_rows(doc):
+        values = " | ".join(format_value(getattr(row, r), row.metric) for r in roles)
+        lines.append(f"| {row.kind}: {row.name} | {row.metric} | {values} | {row.note} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    import argparse
+    import json
+
+    parser = argparse.ArgumentParser(description="Print a results.json as a table.")
+    parser.add_argument("results", help="path to results.json")
+    parser.add_argument("--markdown", action="store_true", help="a Markdown table instead of text")
+    args = parser.parse_args(argv)
+    with open(args.results) as f:
+        doc = json.load(f)
+    print(markdown_table(doc) if args.markdown else format_results(doc))
+
+
+if __name__ == "__main__":
+    main()

@@ -32,7 +32,7 @@ class SpeedSettings:
         """The reference's settings on a GPU; shorter ones on a CPU, where 2048-token passes take seconds."""
         if device.type == "cuda":
             return cls(prefill_tokens or 2048, 10, 10, 128, 128, (1, decode_batch or 16))
-        return cls(prefill_tokens or 256, 2, 5, 32, 16, (1, decode_batch or 4))
+        return cls(prefill_tokens or 256, 2, 5, 32, 32, (1, decode_batch or 4))
 
     def to_dict(self) -> dict:
         return {**asdict(self), "decode_batches": list(self.decode_batches)}

@@ -1,0 +1,231 @@
+"""The model card of a pruned model folder: Hub metadata (huggingface_hub's `ModelCardData` with
+`EvalResult`s) and a body rendered from a jinja2 template with the run's record and results.
+
+`base_model_relation: finetune`. The Hub defines four relations (adapter, merge, quantized,
+finetune). A pruned model is not an adapter (it stands alone), not a merge (one parent) and not a
+quantization (same precision, a different, smaller architecture). `finetune` is the Hub's relation for
+a standalone model whose weights derive from the base model's, which is what structured pruning makes
+(FASP even refits some weights), so the model tree lists it under the base model's fine-tunes.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+from pathlib import Path
+
+import yaml
+
+from . import __version__
+from .errors import HubPruneError, InvalidOptionError
+
+TEMPLATE = Path(__file__).parent / "templates" / "model_card.md.j2"
+CARD_FILENAME = "README.md"
+TRANSFORMERS_RANGE = ">=5.24,<6"
+BASE_MODEL_RELATION = "finetune"
+
+# Where each method comes from: shown in the card and cited. Only what the spec's sources establish.
+METHOD_PAPERS = {
+    "2ssp": ("2SSP: A Two-Stage Framework for Structured Pruning of LLMs", "2501.17771", "Sandri, Fabrizio"),
+    "fasp": ("FASP: Fast and Accurate Structured Pruning of Large Language Models", "2501.09412", "Hu, Hanyu"),
+    "shortgpt": ("ShortGPT: Layers in Large Language Models are More Redundant Than You Expect", "2403.03853",
+                 "Men, Xin"),
+    "window": ("The Unreasonable Ineffectiveness of the Deeper Layers", "2403.17887", "Gromov, Andrey"),
+    "blockpruner": ("BlockPruner: Fine-grained Pruning for Large Language Models", "2406.10594", "Zhong, Longguang"),
+    "evopress": ("EvoPress: Towards Optimal Dynamic Model Compression via Evolutionary Search", "2410.14649",
+                 "Sieberling, Oliver"),
+    "slicegpt": ("SliceGPT: Compress Large Language Models by Deleting Rows and Columns", "2401.15024",
+                 "Ashkboos, Saleh"),
+}
+# Hub dataset ids of the perplexity corpora, for the model-index.
+PPL_DATASETS = {"default": ("google/boolq", "BoolQ validation passages (embedded, held-out fifth)", None, "validation"),
+                "wikitext2": ("wikitext", "WikiText-2", "wikitext-2-raw-v1", "test"),
+                "c4": ("allenai/c4", "C4", "en", "validation"),
+                "fineweb-edu": ("HuggingFaceFW/fineweb-edu", "FineWeb-Edu", "sample-10BT", "train")}
+TASK_DATASETS = {"arc_easy": ("allenai/ai2_arc", "ARC-Easy", "ARC-Easy"),
+                 "arc_challenge": ("allenai/ai2_arc", "ARC-Challenge", "ARC-Challenge"),
+                 "hellaswag": ("Rowan/hellaswag", "HellaSwag", None), "piqa": ("baber/piqa", "PIQA", None),
+                 "winogrande": ("allenai/winogrande", "WinoGrande", "winogrande_xl"),
+                 "mmlu": ("cais/mmlu", "MMLU", "all")}
+
+
+def citation(method: str) -> str | None:
+    if method not in METHOD_PAPERS:
+        return None
+    title, arxiv, author = METHOD_PAPERS[method]
+    year = 2000 + int(arxiv[:2])
+    return (f"@article{{{method}{year},\n  title   = {{{title}}},\n  author  = {{{author} and others}},\n"
+            f"  journal = {{arXiv preprint arXiv:{arxiv}}},\n  year    = {{{year}}}\n}}")
+
+
+def read_front_matter(readme: Path) -> dict:
+    match = re.match(r"^---\s*\n(.*?)\n---\s*(\n|$)", readme.read_text(errors="replace"), re.S) if readme.is_file() else None
+    try:
+        data = yaml.safe_load(match.group(1)) if match else None
+    except yaml.YAMLError:
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def source_license(source_path: Path, reference: str) -> str | None:
+    """The base model's license: its card's `license`, or the embedded model's."""
+    from .embedded import DEFAULT_MODEL, DEFAULT_MODEL_LICENSE
+
+    if reference == DEFAULT_MODEL:
+        return DEFAULT_MODEL_LICENSE
+    return read_front_matter(Path(source_path) / CARD_FILENAME).get("license")
+
+
+# --- reproducing the run ------------------------------------------------------------------------------
+
+def recipe(job: dict, repo_id: str | None = None) -> dict:
+    """The `hubprune push --recipe` entry that repeats this run (settings with their non-default values)."""
+    entry = {"model": job["model"], "method": job["method"]}
+    if job.get("sparsity") is not None:
+        entry["sparsity"] = job["sparsity"]
+    if repo_id:
+        entry["repo_id"] = repo_id
+    for key in ("device", "dtype", "seed", "revision", "seq_len", "max_windows"):
+        if job.get(key) not in (None, "auto", 0, 2048) or (key == "seed" and job.get(key)):
+            entry[key] = job[key]
+    options = {k: v for k, v in job.get("options", {}).items() if v is not None}
+    if options:
+        entry["options"] = options
+    if job.get("ppl"):
+        entry["ppl"] = job["ppl"]
+    from dataclasses import asdict
+
+    from .evaluation.suite import EvalSettings
+
+    defaults = asdict(EvalSettings())
+    evaluation = {k: v for k, v in job.get("evaluation", {}).items() if v != defaults.get(k)}
+    if evaluation:
+        entry["evaluation"] = evaluation
+    return entry
+
+
+def command(job: dict) -> str:
+    """The `hubprune prune` command line of this run."""
+    args = ["hubprune", "prune", job["model"], "--method", job["method"]]
+    if job.get("sparsity") is not None:
+        args += ["--sparsity", f"{job['sparsity']:g}"]
+    flags = {"device": job.get("device"), "dtype": job.get("dtype"), "seed": job.get("seed"),
+             "revision": job.get("revision"), "seq-len": job.get("seq_len"), "max-windows": job.get("max_windows")}
+    flags.update({k.replace("_", "-"): v for k, v in job.get("options", {}).items()})
+    evaluation = job.get("evaluation", {})
+    flags["ppl"] = ",".join(job.get("ppl") or []) or None
+    flags["tasks"] = ",".join(evaluation.get("tasks") or []) or None
+    for key in ("ppl_mode", "tasks_source", "limit", "batch_size", "speed_tokens", "speed_batch"):
+        flags[key.replace("_", "-")] = evaluation.get(key)
+    defaults = {"device": "auto", "dtype": "auto", "seed": 0, "seq-len": 2048, "ppl-mode": "accurate",
+                "tasks-source": "auto", "batch-size": 1}
+    for flag, value in flags.items():
+        if value is None or value is False or defaults.get(flag) == value:
+            continue
+        args += [f"--{flag}"] if value is True else [f"--{flag}", str(value)]
+    if evaluation.get("speed"):
+        args.append("--speed")
+    return " ".join(shlex.quote(a) for a in args) + " --output OUT"
+
+
+# --- the card ---------------------------------------------------------------------------------------
+
+def _load(folder: Path, name: str) -> dict | None:
+    file = folder / name
+    return json.loads(file.read_text()) if file.is_file() else None
+
+
+def eval_results(results: dict | None) -> list:
+    """model-index entries for the pruned model's numbers (perplexity, task accuracy)."""
+    from huggingface_hub import EvalResult
+
+    if not results:
+        return []
+    out = []
+    for name, entry in results["perplexity"].items():
+        if "pruned" not in entry:
+            continue
+        dataset, pretty, config, split = PPL_DATASETS.get(name, (name, name, None, entry["protocol"]["corpus"].get("split")))
+        out.append(EvalResult(task_type="text-generation", dataset_type=dataset, dataset_name=pretty,
+                              dataset_config=config, dataset_split=split,
+                              dataset_revision=entry["protocol"]["corpus"].get("revision"),
+                              metric_type="perplexity", metric_name=f"perplexity ({entry['protocol']['seq_len']}-token windows)",
+                              metric_value=round(entry["pruned"]["perplexity"], 4)))
+    for name, entry in results["downstream"].items():
+        if "pruned" not in entry or entry["protocol"]["limit"] is not None:  # --limit runs are checks, not results
+            continue
+        dataset, pretty, config = TASK_DATASETS.get(name, (name, name, None))
+        source = entry["protocol"]["source"]
+        out.append(EvalResult(task_type="text-generation", dataset_type=dataset, dataset_name=pretty,
+                              dataset_config=config, dataset_split=entry["protocol"].get("split"),
+                              metric_type="acc", metric_value=round(entry["pruned"]["acc"], 4),
+                              metric_name="accuracy (0-shot, lm-eval" + (", local files)" if source == "local" else ")")))
+    return out
+
+
+def render_card(folder: str | Path, *, repo_id: str | None = None, template: str | Path | None = None):
+    """The model card (huggingface_hub `ModelCard`) of a hubprune output folder."""
+    from huggingface_hub import ModelCard, ModelCardData
+
+    from .evaluation.report import format_value, result_rows
+    from .info import model_info
+
+    folder = Path(folder)
+    record = _load(folder, "hubprune.json")
+    if record is None:
+        raise InvalidOptionError(f"{folder} is not a hubprune output (no hubprune.json)")
+    results = _load(folder, "results.json") or record.get("evaluation")
+    plan = _load(folder, "hubprune_plan.json") or {}
+    template = Path(template) if template else TEMPLATE
+    if not template.is_file():
+        raise InvalidOptionError(f"--template {template}: no such file")
+    job, source = record["job"], record["source"]
+    method = job["method"]
+    base_model = source.get("repo_id")
+    calibration = (record.get("method_report") or {}).get("calibration") or {}
+    datasets = sorted({d for d in [calibration.get("source")] if d and "/" in d and not os.path.exists(d)})
+    card_data = ModelCardData(
+        model_name=repo_id or folder.name, base_model=base_model,
+        base_model_relation=BASE_MODEL_RELATION if base_model else None,
+        license=source.get("license") or "other", library_name="transformers", pipeline_tag="text-generation",
+        tags=["pruned", "hubprune", method, "structured-pruning"], datasets=datasets or None,
+        eval_results=eval_results(results) or None)
+    info = model_info(str(folder))
+    context = dict(
+        repo_id=repo_id or folder.name, record=record, job=job, source=source, method=method, plan=plan,
+        paper=METHOD_PAPERS.get(method), citation=citation(method), info=info, blocks=info.get("blocks"),
+        rows=result_rows(results) if results else [], results=results, fmt=format_value, command=command(job),
+        recipe=yaml.safe_dump({"jobs": [recipe(job, repo_id)]}, sort_keys=False).strip(),
+        transformers_range=TRANSFORMERS_RANGE, hubprune_version=__version__,
+        remote_code=(folder / "modeling_hubprune.py").is_file(),
+    )
+    try:
+        return ModelCard.from_template(card_data, template_path=str(template), **context)
+    except Exception as exc:  # noqa: BLE001 - a user's template: say where it broke
+        raise HubPruneError(f"cannot render the model card from {template}: {type(exc).__name__}: {exc}") from None
+
+
+def write_card(folder: str | Path, *, repo_id: str | None = None, template: str | Path | None = None) -> Path:
+    """Render the card into `folder`/README.md (atomically)."""
+    card = render_card(folder, repo_id=repo_id, template=template)
+    target = Path(folder) / CARD_FILENAME
+    tmp = target.with_name(f".{target.name}.tmp")
+    tmp.write_text(str(card))
+    os.replace(tmp, target)
+    return target
+
+
+def validate_card(folder: str | Path, endpoint: str | None = None) -> None:
+    """The Hub's own check of the card's metadata (`ModelCard.validate`), against `endpoint`."""
+    from huggingface_hub import ModelCard, constants
+
+    card = ModelCard.load(Path(folder) / CARD_FILENAME)
+    previous = constants.ENDPOINT
+    constants.ENDPOINT = (endpoint or previous).rstrip("/")  # validate() posts to constants.ENDPOINT
+    try:
+        card.validate()
+    except ValueError as exc:
+        raise HubPruneError(f"the Hub rejects the model card's metadata: {exc}") from None
+    finally:
+        constants.ENDPOINT = previous
