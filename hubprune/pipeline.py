@@ -1,5 +1,5 @@
 """The jobs behind the CLI, as a library: `prune` (load -> select -> apply -> evaluate -> save) and
-`evaluate` (perplexity of any model). The CLI is a thin layer over these functions."""
+`evaluate` (a model and its dense baseline: perplexity, tasks, speed). The CLI is a thin layer over these functions."""
 from __future__ import annotations
 
 import contextlib

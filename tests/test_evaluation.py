@@ -159,7 +159,9 @@ def pruned_tiny(tmp_path_factory):
 
 
 def test_eval_measures_dense_and_pruned_in_one_run_and_resumes(pruned_tiny, tmp_path, monkeypatch):
-    options = dict(ppl=["default"], seq_len=32, max_windows=2, speed=True, speed_tokens=16, device="cpu")
+    task = _write_task(tmp_path)  # lm-eval on the exported remote-code model as well
+    options = dict(ppl=["default"], seq_len=32, max_windows=2, speed=True, speed_tokens=16, device="cpu",
+                   tasks=[str(task)], limit=4)
     calls = []
     original = speed_module.measure_speed
 
@@ -186,6 +188,7 @@ def test_eval_measures_dense_and_pruned_in_one_run_and_resumes(pruned_tiny, tmp_
     assert set(speed["pruned"]["decode_tokens_per_second"]) == {"1", "4"}
     assert speed["dense"]["peak_memory_bytes"] is None  # a CPU has no peak GPU memory to report
     assert saved["perplexity"]["default"]["pruned"]["tokens"] == 2 * 31
+    assert {saved["downstream"]["tiny_qa"][r]["samples"] for r in ("dense", "pruned")} == {4}
     assert results == saved
 
     broken = json.loads(json.dumps(saved))

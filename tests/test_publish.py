@@ -103,6 +103,15 @@ def test_bad_input_fails_before_pruning_and_publishes_nothing(hub, tmp_path, mon
     assert not (tmp_path / "a").exists()  # refused before any pruning
 
 
+def test_nothing_is_published_when_evaluation_fails(hub, tmp_path):
+    with pytest.raises(HubPruneError, match="no-such-corpus"):
+        push("default", "2ssp", repo_id="alice/failed", output=tmp_path / "out", token=ALICE, endpoint=hub.url,
+             **{**PRUNE, "ppl": [str(tmp_path / "no-such-corpus.txt")]})
+    with pytest.raises(RepositoryNotFoundError):
+        HfApi(endpoint=hub.url, token=ALICE).model_info("alice/failed")
+    assert not (tmp_path / "out").exists()
+
+
 def test_no_rights_on_another_namespace_or_a_private_repo(hub, pushed, tmp_path):
     with pytest.raises(PublishError, match="refused to let this token write"):
         push(repo_id="alice/bobs-upload", from_dir=pushed.folder, token=BOB, endpoint=hub.url)
