@@ -5,9 +5,11 @@ import argparse
 import json
 import logging
 import sys
+import textwrap
 
 from . import __version__
 from .errors import HubPruneError, InvalidOptionError
+from .push import RECIPE_EXAMPLE
 
 DESCRIPTION = """\
 hubprune turns a Hugging Face causal LM into a smaller, structurally pruned model that loads with
@@ -49,17 +51,9 @@ hubprune_plan.json (replay it with --method manual --plan; weights refitted by f
 not part of the plan) and hubprune.json (all settings and results). It is written to a temporary folder and moved into place when complete."""
 
 
-PUSH_EPILOG = """\
+PUSH_EPILOG = f"""\
 recipe file (--recipe), YAML; every key is a push / prune option (underscores for dashes):
-  defaults: {device: cuda, dtype: bfloat16, private: true}   # optional, for every job
-  jobs:
-    - model: meta-llama/Llama-2-7b-hf
-      method: fasp
-      sparsity: [0.2, 0.3]                  # a list: one repo per value
-      repo_id: me/Llama-2-7b-fasp{sparsity_pct}
-      options: {calib_samples: 128}
-      ppl: [wikitext2]
-      evaluation: {tasks: [arc_easy, piqa], speed: true}
+{textwrap.indent(RECIPE_EXAMPLE, "  ")}
 
 The token comes from --token, HF_TOKEN or `hf auth login`; it is never printed or written.
 A second push of the same result makes no commit; an interrupted upload publishes nothing and the

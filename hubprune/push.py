@@ -108,19 +108,20 @@ RECIPE_KEYS = {
     "output": str, "from_dir": str, "no_eval": bool, "template": str, "endpoint": str,
 }
 REQUIRED = ("repo_id",)
+RECIPE_EXAMPLE = """\
+defaults: {device: cuda, dtype: bfloat16, private: true}   # optional, for every job
+jobs:
+  - model: meta-llama/Llama-2-7b-hf
+    method: fasp
+    sparsity: [0.2, 0.3]                  # a list: one repo per value
+    repo_id: me/Llama-2-7b-fasp{sparsity_pct}
+    options: {calib_samples: 128}
+    ppl: [wikitext2]
+    evaluation: {tasks: [arc_easy, piqa], speed: true}"""
 
 
 def load_recipe(path: str | Path) -> list[dict]:
-    """The push jobs of a recipe file, each a dict of `push` keyword arguments.
-
-        defaults: {device: cuda, dtype: bfloat16, private: true}     # optional, for every job
-        jobs:
-          - model: meta-llama/Llama-2-7b-hf
-            method: fasp
-            sparsity: [0.2, 0.3]                 # a list: one repo per value
-            repo_id: me/Llama-2-7b-fasp{sparsity_pct}
-            options: {calib_samples: 128}
-    """
+    """The push jobs of a recipe file (format: RECIPE_EXAMPLE), each a dict of `push` keyword arguments."""
     path = Path(path)
     try:
         data = yaml.safe_load(path.read_text())

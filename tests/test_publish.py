@@ -17,7 +17,7 @@ from transformers import AutoModelForCausalLM
 from hubprune.errors import AuthenticationError, HubPruneError, InvalidOptionError
 from hubprune.hub import PublishError
 from hubprune.loading import load_model
-from hubprune.push import load_recipe, push
+from hubprune.push import RECIPE_EXAMPLE, load_recipe, push
 from hubprune.testing.hub_server import LocalHub
 
 USERS = {"alice": "hf_alice_token", "bob": "hf_bob_token"}
@@ -189,6 +189,8 @@ def test_a_recipe_expands_sparsities_into_repos_and_validates(tmp_path):
     refused({"jobs": [{"model": "m", "method": "fasp"}]}, "missing 'repo_id'")
     refused({"jobs": [{"model": "m", "repo_id": "me/x"}, {"model": "n", "repo_id": "me/x"}]}, "two jobs publish")
     refused({"job": []}, "jobs")
+    recipe.write_text(RECIPE_EXAMPLE)  # the example `hubprune push --help` shows is a valid recipe
+    assert [j["repo_id"] for j in load_recipe(recipe)] == ["me/Llama-2-7b-fasp20", "me/Llama-2-7b-fasp30"]
 
 
 # --- GitHub Actions -------------------------------------------------------------------------------------
