@@ -13,7 +13,7 @@ from .. import __version__
 from ..errors import InvalidOptionError
 from .perplexity import PPL_MODES, perplexity
 from .speed import SpeedSettings, measure_speed, timer_name
-from .tasks import TASK_SOURCES, ResolvedTask, lm_eval_version, resolve_tasks, run_tasks
+from .tasks import TASK_SOURCES, TASKS, ResolvedTask, choose_source, lm_eval_version, resolve_tasks, run_tasks
 
 ROLES = ("dense", "pruned")
 SCHEMA_FILE = Path(__file__).with_name("results.schema.json")
@@ -129,19 +129,15 @@ class Evaluation:
                 "result": {"perplexity": result.perplexity, "nll": result.nll, "tokens": result.tokens}}
 
     def _resolved_tasks(self) -> list[ResolvedTask]:
+        s = self.settings
         if self._tasks is None:
             self._task_folder = tempfile.TemporaryDirectory(prefix="hubprune-tasks-")
             # `auto` is decided once and kept, so a resumed run scores its second model on the same data.
-            source = self._cached("downstream-source", lambda: {"source": self._choose_source()})["source"]
-            self._tasks = resolve_tasks(self.settings.tasks, source, Path(self._task_folder.name))
+            builtin = any(t in TASKS for t in s.tasks)  # task files need no source (nor a probe of the Hub)
+            source = self._cached("downstream-source", lambda: {
+                "source": choose_source(s.tasks_source) if builtin else "file"})["source"]
+            self._tasks = resolve_tasks(s.tasks, source, Path(self._task_folder.name))
         return self._tasks
-
-    def _choose_source(self) -> str:
-        from .tasks import hub_reachable
-
-        if self.settings.tasks_source != "auto":
-            return self.settings.tasks_source
-        return "hub" if hub_reachable() else "local"
 
     def _task_protocol(self, task: ResolvedTask) -> dict:
         return {"source": task.source, "lm_eval_task": task.lm_eval_name, **task.protocol, "num_fewshot": 0,

