@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shlex
 from pathlib import Path
 
@@ -60,12 +59,13 @@ def citation(method: str) -> str | None:
 
 
 def read_front_matter(readme: Path) -> dict:
-    match = re.match(r"^---\s*\n(.*?)\n---\s*(\n|$)", readme.read_text(errors="replace"), re.S) if readme.is_file() else None
+    """A card's YAML metadata ({} when there is no card or its metadata is unreadable)."""
+    from huggingface_hub import metadata_load
+
     try:
-        data = yaml.safe_load(match.group(1)) if match else None
-    except yaml.YAMLError:
+        return (metadata_load(readme) if readme.is_file() else None) or {}
+    except (yaml.YAMLError, ValueError, UnicodeDecodeError):
         return {}
-    return data if isinstance(data, dict) else {}
 
 
 def source_license(source_path: Path, reference: str) -> str | None:
@@ -80,52 +80,37 @@ def source_license(source_path: Path, reference: str) -> str | None:
 # --- reproducing the run ------------------------------------------------------------------------------
 
 def recipe(job: dict, repo_id: str | None = None) -> dict:
-    """The `hubprune push --recipe` entry that repeats this run (settings with their non-default values)."""
-    entry = {"model": job["model"], "method": job["method"]}
-    if job.get("sparsity") is not None:
-        entry["sparsity"] = job["sparsity"]
-    if repo_id:
-        entry["repo_id"] = repo_id
-    for key in ("device", "dtype", "seed", "revision", "seq_len", "max_windows"):
-        if job.get(key) not in (None, "auto", 0, 2048) or (key == "seed" and job.get(key)):
-            entry[key] = job[key]
-    options = {k: v for k, v in job.get("options", {}).items() if v is not None}
-    if options:
-        entry["options"] = options
-    if job.get("ppl"):
-        entry["ppl"] = job["ppl"]
-    from dataclasses import asdict
+    """The `hubprune push --recipe` entry that repeats this run: the settings that differ from the defaults."""
+    from dataclasses import MISSING, asdict, fields
 
     from .evaluation.suite import EvalSettings
+    from .pipeline import PruneJob
 
-    defaults = asdict(EvalSettings())
-    evaluation = {k: v for k, v in job.get("evaluation", {}).items() if v != defaults.get(k)}
-    if evaluation:
-        entry["evaluation"] = evaluation
-    return entry
+    defaults = {f.name: f.default for f in fields(PruneJob) if f.default is not MISSING}
+    entry = {"model": job["model"], "method": job["method"], "sparsity": job.get("sparsity"), "repo_id": repo_id}
+    for key in ("device", "dtype", "seed", "seq_len", "max_windows", "ppl"):
+        entry[key] = None if job.get(key) == defaults.get(key) else job.get(key)
+    entry["source_revision"] = job.get("revision")  # in a recipe, `revision` is the branch pushed to
+    entry["options"] = {k: v for k, v in job.get("options", {}).items() if v is not None}
+    evaluation_defaults = asdict(EvalSettings())
+    entry["evaluation"] = {k: v for k, v in job.get("evaluation", {}).items() if v != evaluation_defaults.get(k)}
+    return {k: v for k, v in entry.items() if v not in (None, [], {})}
 
 
 def command(job: dict) -> str:
-    """The `hubprune prune` command line of this run."""
-    args = ["hubprune", "prune", job["model"], "--method", job["method"]]
-    if job.get("sparsity") is not None:
-        args += ["--sparsity", f"{job['sparsity']:g}"]
-    flags = {"device": job.get("device"), "dtype": job.get("dtype"), "seed": job.get("seed"),
-             "revision": job.get("revision"), "seq-len": job.get("seq_len"), "max-windows": job.get("max_windows")}
-    flags.update({k.replace("_", "-"): v for k, v in job.get("options", {}).items()})
-    evaluation = job.get("evaluation", {})
-    flags["ppl"] = ",".join(job.get("ppl") or []) or None
-    flags["tasks"] = ",".join(evaluation.get("tasks") or []) or None
-    for key in ("ppl_mode", "tasks_source", "limit", "batch_size", "speed_tokens", "speed_batch"):
-        flags[key.replace("_", "-")] = evaluation.get(key)
-    defaults = {"device": "auto", "dtype": "auto", "seed": 0, "seq-len": 2048, "ppl-mode": "accurate",
-                "tasks-source": "auto", "batch-size": 1}
-    for flag, value in flags.items():
-        if value is None or value is False or defaults.get(flag) == value:
-            continue
-        args += [f"--{flag}"] if value is True else [f"--{flag}", str(value)]
-    if evaluation.get("speed"):
-        args.append("--speed")
+    """The `hubprune prune` command line of this run (the recipe's settings as flags)."""
+    entry = recipe(job)
+    args = ["hubprune", "prune", entry.pop("model"), "--method", entry.pop("method")]
+    options, evaluation = entry.pop("options", {}), entry.pop("evaluation", {})
+    flags = {**entry, **options, **evaluation}
+    for key, value in flags.items():
+        flag = "--" + ("revision" if key == "source_revision" else key).replace("_", "-")
+        if value is True:
+            args.append(flag)
+        elif value is not False:
+            text = ",".join(map(str, value)) if isinstance(value, list) else f"{value:g}" if isinstance(value, float) \
+                else str(value)
+            args += [flag, text]
     return " ".join(shlex.quote(a) for a in args) + " --output OUT"
 
 

@@ -265,7 +265,8 @@ def evaluate(model: str, *, ppl: list[str] | None = None, output: str | Path | N
     if results_path is not None and results_path.exists() and not overwrite:
         raise InvalidOptionError(f"{results_path} already exists; pass --overwrite to replace it")
     record = _hubprune_record(model, revision, token)
-    roles = [("dense", baseline_reference(record, baseline), None)] if baseline_reference(record, baseline) else []
+    dense_reference = baseline_reference(record, baseline)
+    roles = [("dense", dense_reference, None)] if dense_reference else []
     roles.append(("pruned" if record else "dense", model, revision))
     key = {"model": model, "revision": revision, "baseline": roles[0][1], "settings": asdict(settings),
            "dtype": dtype, "seed": seed, "hubprune": __version__}

@@ -100,7 +100,8 @@ class Evaluation:
                 loaded.model, _tokenizer(loaded), tasks, Path(self._task_folder.name), limit=s.limit,
                 batch_size=s.batch_size, seed=self.seed))
             for task in tasks:
-                part["downstream"][task.name] = {"protocol": self._task_protocol(task), "result": scores[task.name]}
+                part["downstream"][task.name] = {"protocol": self._task_protocol(task, scores[task.name]),
+                                                 "result": scores[task.name]}
         if s.speed:
             settings = SpeedSettings.for_device(loaded.device, s.speed_tokens, s.speed_batch)
             result = measure_speed(loaded.model, settings, seed=self.seed, desc=f"{role} speed")
@@ -139,10 +140,11 @@ class Evaluation:
             self._tasks = resolve_tasks(s.tasks, source, Path(self._task_folder.name))
         return self._tasks
 
-    def _task_protocol(self, task: ResolvedTask) -> dict:
+    def _task_protocol(self, task: ResolvedTask, scores: dict) -> dict:
         return {"source": task.source, "lm_eval_task": task.lm_eval_name, **task.protocol, "num_fewshot": 0,
                 "limit": self.settings.limit, "batch_size": self.settings.batch_size,
-                "lm_eval_version": lm_eval_version(), "metrics": ["acc", "acc_norm"], "primary_metric": "acc"}
+                "lm_eval_version": lm_eval_version(), "primary_metric": "acc",
+                "metrics": [m for m in ("acc", "acc_norm") if m in scores]}  # acc_norm where the task has it
 
     def document(self, environment: dict) -> dict:
         """The results.json document of every role evaluated so far (validated)."""
@@ -154,9 +156,6 @@ class Evaluation:
                     doc[kind].setdefault(name, {"protocol": entry["protocol"]})[role] = entry["result"]
             if "speed" in part:
                 doc.setdefault("speed", {"protocol": part["speed"]["protocol"]})[role] = part["speed"]["result"]
-        for entry in doc["downstream"].values():  # acc_norm only where the task has it
-            entry["protocol"]["metrics"] = [m for m in ("acc", "acc_norm")
-                                            if any(m in entry.get(r, {}) for r in ROLES)]
         speed = doc.get("speed", {})
         if "dense" in speed and "pruned" in speed:
             dense, pruned = speed["dense"], speed["pruned"]

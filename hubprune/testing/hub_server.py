@@ -175,12 +175,11 @@ class HubState:
 
 
 def _card_data(state: HubState, files: dict) -> dict | None:
+    """The README's YAML metadata, as the Hub reports it in `cardData`."""
+    from huggingface_hub import metadata_load
+
     readme = files.get("README.md")
-    if readme is None:
-        return None
-    text = (state.blobs / readme["sha256"]).read_text()
-    match = re.match(r"^---\s*\n(.*?)\n---\s*\n", text, re.S)
-    return yaml.safe_load(match.group(1)) if match else None
+    return None if readme is None else metadata_load(state.blobs / readme["sha256"])
 
 
 def _file_oid(entry: dict) -> str:
@@ -369,10 +368,12 @@ class _Handler(BaseHTTPRequestHandler):
         self._send(200, content, headers, head=head)
 
     def validate_yaml(self):
+        from huggingface_hub.repocard import REGEX_YAML_BLOCK  # what the client splits a card with
+
         body = json.loads(self._body())
-        match = re.match(r"^---\s*\n(.*?)\n---\s*\n", body.get("content", ""), re.S)
+        match = REGEX_YAML_BLOCK.search(body.get("content", ""))
         try:
-            data = yaml.safe_load(match.group(1)) if match else {}
+            data = yaml.safe_load(match.group(2)) if match else {}
         except yaml.YAMLError as exc:
             raise HubError(400, f"Invalid YAML in the metadata: {exc}") from None
         if not isinstance(data, dict):
