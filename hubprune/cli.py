@@ -26,6 +26,7 @@ examples:
   hubprune prune default --method 2ssp --sparsity 0.25 --output out/smollm2-2ssp25 --ppl default
   hubprune prune meta-llama/Llama-2-7b-hf --method 2ssp --sparsity 0.375 --device cuda --output out/llama2-2ssp
   hubprune prune meta-llama/Llama-2-7b-hf --method fasp --sparsity 0.3 --device cuda --output out/llama2-fasp30
+  hubprune prune meta-llama/Llama-2-7b-hf --method slicegpt --sparsity 0.25 --device cuda --output out/llama2-slice25
   hubprune prune default --method manual --plan examples/smollm2-plan.yaml --output out/smollm2 --ppl default
   hubprune eval out/smollm2 --ppl default,wikitext2 --output out/smollm2-eval
   hubprune info out/smollm2
@@ -47,8 +48,8 @@ plan file (--method manual), JSON or YAML; layer indices of the source model, om
   drop_blocks: [10, 11]                     whole decoder blocks removed
 
 The output folder holds the weights (safetensors), config, tokenizer, remote code when needed,
-hubprune_plan.json (replay it with --method manual --plan; weights refitted by fasp's restoration are
-not part of the plan) and hubprune.json (all settings and results). It is written to a temporary folder and moved into place when complete."""
+hubprune_plan.json (replay it with --method manual --plan; weights refitted by fasp's restoration and
+slicegpt's rotations are not part of the plan) and hubprune.json (all settings and results). It is written to a temporary folder and moved into place when complete."""
 
 
 PUSH_EPILOG = f"""\
@@ -69,7 +70,7 @@ class _Parser(argparse.ArgumentParser):
 METHOD_OPTIONS = ("plan", "calib_data", "calib_samples", "ffn_multiple", "alpha", "stage2_samples", "stage2",
                   "stage2_batch", "shortgpt_tokens", "blockpruner_mode", "evopress_generations", "evopress_tokens",
                   "evopress_seq_len", "evopress_offspring", "evopress_initial", "evopress_selection_tokens",
-                  "evopress_batch", "fasp_sparsity_semantics", "no_restore")
+                  "evopress_batch", "fasp_sparsity_semantics", "no_restore", "slicegpt_orientation")
 
 
 def _csv(value: str) -> list[str]:
@@ -157,7 +158,7 @@ def _prune_options(p: argparse.ArgumentParser) -> None:
                    help="calibration text: c4 (the reference), default (embedded), wikitext2, or a .txt/.jsonl file "
                         "[auto: c4, or default for MODEL=default]")
     c.add_argument("--calib-samples", type=int, metavar="N",
-                   help="calibration windows of --seq-len tokens [2ssp / fasp: 32, shortgpt / window: 256, "
+                   help="calibration windows of --seq-len tokens [2ssp / fasp: 32, shortgpt / window / slicegpt: 256, "
                         "blockpruner: 1]")
     c.add_argument("--ffn-multiple", type=int, metavar="M",
                    help="round kept FFN widths to a multiple of M; unaligned widths run slower on GPUs, "
@@ -180,6 +181,10 @@ def _prune_options(p: argparse.ArgumentParser) -> None:
                         "columns: remove --sparsity of each pair's columns, fewer parameters since Q/K stay [params]")
     f.add_argument("--no-restore", action="store_const", const=True,
                    help="prune without the least-squares refit of o_proj / down_proj (an ablation)")
+    sg = p.add_argument_group("slicegpt (--sparsity is the slicing fraction of the hidden width)")
+    sg.add_argument("--slicegpt-orientation", choices=["random", "pca"],
+                    help="basis of the kept channels: the principal components times a random orthogonal matrix "
+                         "(the reference's final_orientation) or the principal components themselves [random]")
     bp = p.add_argument_group("blockpruner")
     bp.add_argument("--blockpruner-mode", choices=["paired", "mix"],
                    help="paired: each round removes one attention then one MLP, k of each (the 2SSP reference); "
@@ -300,7 +305,8 @@ def _run(args: argparse.Namespace) -> None:
                        evaluation=_evaluation(args))
         record = result.record
         sparsity = record["sparsity"]
-        requested = f" (requested {sparsity['requested']:.2%})" if sparsity["requested"] is not None else ""
+        requested = (f" (requested {sparsity['requested']:.2%} {sparsity['requested_means']})"
+                     if sparsity["requested"] is not None else "")
         print(f"pruned {args.model} with {args.method}: removed {sparsity['achieved']:.2%} of decoder-layer "
               f"parameters{requested}; {record['parameters']['dense']['total']:,} -> "
               f"{record['parameters']['pruned']['total']:,} parameters")

@@ -22,7 +22,7 @@ from .errors import InsufficientResourcesError, OutputExistsError
 from .modeling import REMOTE_CODE_FILES
 from .plan import PLAN_FILENAME, PrunePlan
 from .sequential import SAFETENSORS_INDEX
-from .surgery import prune_block
+from .surgery import prune_block, pruned_outside
 
 DEFAULT_SHARD_BYTES = 2 * 1024**3
 
@@ -142,7 +142,8 @@ def save_streamed_weights(folder: Path, loaded, plan: PrunePlan, *, max_shard_si
     writer = ShardWriter(folder, max_shard_size)
     cpu = torch.device("cpu")
     outside = [n for n in shards.names() if not n.startswith(family.layers_prefix)]
-    for name, tensor in shards.read(outside, device=cpu, dtype=loaded.dtype).items():
+    outside = pruned_outside(shards.read(outside, device=cpu, dtype=loaded.dtype), plan, family, overrides)
+    for name, tensor in outside.items():
         writer.add(name, tensor)
     for new_index, layer in enumerate(plan.kept_layers(num_layers)):
         prefix = f"{family.layers_prefix}{layer}."

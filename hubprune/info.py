@@ -32,7 +32,8 @@ def model_info(reference: str, *, revision: str | None = None, token: str | None
         info["blocks"] = [
             {"layer": i, "attention": not b["attention"]["no_op"],
              "value_head_dim": None if b["attention"]["no_op"] else b["attention"].get("v_head_dim", head_dim),
-             "ffn_width": 0 if b["ffn"]["no_op"] else b["ffn"]["intermediate_size"]}
+             "ffn_width": 0 if b["ffn"]["no_op"] else b["ffn"]["intermediate_size"],
+             "residual": b.get("residual")}  # (input, middle, output) widths when sliced (SliceGPT)
             for i, b in enumerate(blocks)
         ]
     return info
@@ -55,12 +56,15 @@ def format_info(info: dict) -> str:
                      f"from {record.get('source')}")
         if record.get("sparsity_achieved") is not None:
             requested = record.get("sparsity_requested")
-            lines.append(f"sparsity       achieved {record['sparsity_achieved']:.2%}"
-                         + (f" (requested {requested:.2%})" if requested is not None else "")
-                         + " of decoder-layer parameters")
+            means = record.get("sparsity_requested_means", "of the decoder-layer parameters")
+            lines.append(f"sparsity       achieved {record['sparsity_achieved']:.2%} of the decoder-layer parameters"
+                         + (f"; requested {requested:.2%} {means}" if requested is not None else ""))
     if "blocks" in info:
-        lines.append("layer  attention  value_dim  ffn_width")
+        sliced = any(b["residual"] for b in info["blocks"])
+        lines.append("layer  attention  value_dim  ffn_width" + ("  residual in/mid/out" if sliced else ""))
         lines += [f"{b['layer']:>5}  {'yes' if b['attention'] else 'skipped':>9}  "
                   f"{b['value_head_dim'] if b['attention'] else '-':>9}  "
-                  f"{b['ffn_width'] if b['ffn_width'] else 'skipped':>9}" for b in info["blocks"]]
+                  f"{b['ffn_width'] if b['ffn_width'] else 'skipped':>9}"
+                  + (f"  {'/'.join(str(w) for w in b['residual'].values())}" if b["residual"] else "")
+                  for b in info["blocks"]]
     return "\n".join(lines)

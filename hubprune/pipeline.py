@@ -35,7 +35,7 @@ from .methods import PruneContext, get_method
 from .plan import PrunePlan
 from .runs import LayerTensors, RunFolder, default_run_dir
 from .sequential import ShardReader
-from .surgery import apply_plan, decoder_parameters, model_class, pruned_config, total_parameters
+from .surgery import apply_plan, decoder_parameters, model_class, plan_limits, pruned_config, total_parameters
 
 SPARSITY_DEFINITION = "removed fraction of decoder-layer parameters (embeddings, lm_head and final norm excluded)"
 
@@ -160,8 +160,7 @@ def prune(model: str, method: str = "manual", *, output: str | Path, sparsity: f
         def select() -> dict:
             started = time.perf_counter()
             plan = method_impl.select(context)
-            plan.validate(dense.config.num_hidden_layers, loaded.family.ffn_width(dense.config),
-                          loaded.family.value_groups(dense.config))  # before it is kept
+            plan.validate(*plan_limits(dense.config, loaded.family))  # before it is kept
             return {"plan": plan.to_dict(), "report": context.report, "seconds": time.perf_counter() - started}
 
         selection = run.cached("selection", select)
@@ -169,13 +168,15 @@ def prune(model: str, method: str = "manual", *, output: str | Path, sparsity: f
         restored = context.restored if context.restored else None  # weights a method refitted, by layer
         dense_counts = {"total": total_parameters(dense), "decoder": decoder_parameters(dense)}
         summary = {"hubprune_version": __version__, "method": method, "source": loaded.source.repo_id or str(model),
-                   "source_revision": loaded.source.revision, "sparsity_requested": sparsity}
+                   "source_revision": loaded.source.revision, "sparsity_requested": sparsity,
+                   "sparsity_requested_means": method_impl.sparsity_means}
         record = {
             "hubprune_version": __version__,
             "job": asdict(job),
             "source": {"reference": loaded.source.reference, "repo_id": loaded.source.repo_id,
                        "revision": loaded.source.revision, "model_type": dense.config.model_type,
                        "dtype": str(loaded.dtype).removeprefix("torch."),
+                       "tied_embeddings": bool(dense.config.tie_word_embeddings),
                        "license": source_license(loaded.source.path, model)},
             "streamed_block_by_block": loaded.shards is not None,
             "resumed_steps": reused,
@@ -194,7 +195,8 @@ def prune(model: str, method: str = "manual", *, output: str | Path, sparsity: f
                 evaluation.add("pruned", pruned_loaded, str(output))
             record.update(
                 architecture="hubprune remote code" if getattr(pruned_model.config, "auto_map", None) else "stock transformers",
-                sparsity={"definition": SPARSITY_DEFINITION, "requested": sparsity, "achieved": achieved},
+                sparsity={"definition": SPARSITY_DEFINITION, "requested": sparsity,
+                          "requested_means": method_impl.sparsity_means, "achieved": achieved},
                 parameters={"dense": dense_counts, "pruned": pruned_counts},
                 timing_seconds={"select": select_seconds, "apply": apply_seconds, "prune": select_seconds + apply_seconds},
                 evaluation=evaluation.document(record["environment"]) if settings else None,
@@ -235,7 +237,7 @@ def _streamed_export(folder: Path, loaded: LoadedModel, plan: PrunePlan, summary
                      shard_size: int | None, restored: LayerTensors | None) -> LoadedModel:
     """Write the pruned weights from the source shards; return the output as a streamable model."""
     config = loaded.model.config
-    plan.validate(config.num_hidden_layers, loaded.family.ffn_width(config), loaded.family.value_groups(config))
+    plan.validate(*plan_limits(config, loaded.family))
     config = pruned_config(loaded.model.config, plan, loaded.family, summary)
     save_streamed_weights(folder, loaded, plan, max_shard_size=shard_size, overrides=restored)
     if (loaded.source.path / "generation_config.json").is_file():

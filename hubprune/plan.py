@@ -8,9 +8,13 @@ Layer indices refer to the *source* model. The file format (JSON or YAML) is
                                                    # (same count in every group; Q/K untouched)
      "skip_attention": [layers],                   # attention sub-module removed (residual pass-through)
      "skip_mlp": [layers],                         # MLP sub-module removed
-     "drop_blocks": [layers]}                      # whole decoder block removed
+     "drop_blocks": [layers],                      # whole decoder block removed
+     "residual_width": d'}                         # residual stream rotated and sliced to d' (SliceGPT)
 
-Omitted keys remove nothing. A block whose attention and MLP are both skipped is an identity and is
+Omitted keys remove nothing. `residual_width` stands alone: every residual point (embeddings, the
+middle and the output of each block) keeps d' channels, except the last block's output, which keeps
+the full width because the head is not sliced. The rotations that go with it are calibrated, so such a
+plan is applied with the weights of the run that made it, not from the plan file alone. A block whose attention and MLP are both skipped is an identity and is
 dropped. Every output folder holds the plan that made it as `hubprune_plan.json`.
 """
 from __future__ import annotations
@@ -24,7 +28,7 @@ import yaml
 from .errors import PlanError
 
 PLAN_FILENAME = "hubprune_plan.json"
-PLAN_KEYS = ("keep_ffn_neurons", "skip_attention", "skip_mlp", "drop_blocks", "keep_value_channels")
+PLAN_KEYS = ("keep_ffn_neurons", "skip_attention", "skip_mlp", "drop_blocks", "keep_value_channels", "residual_width")
 _LAYER_LISTS = ("skip_attention", "skip_mlp", "drop_blocks")
 
 
@@ -35,6 +39,7 @@ class PrunePlan:
     skip_mlp: list[int] = field(default_factory=list)
     drop_blocks: list[int] = field(default_factory=list)
     keep_value_channels: dict[int, list[list[int]]] = field(default_factory=dict)
+    residual_width: int | None = None
 
     # -- (de)serialisation ------------------------------------------------------------------
     @classmethod
@@ -55,9 +60,10 @@ class PrunePlan:
             keep_ffn = {int(layer): [int(i) for i in idx] for layer, idx in keep.items()}
             keep_values = {int(layer): [[int(c) for c in group] for group in groups] for layer, groups in values.items()}
             lists = {k: [int(i) for i in (data.get(k) or [])] for k in _LAYER_LISTS}
+            width = None if data.get("residual_width") is None else int(data["residual_width"])
         except (TypeError, ValueError) as exc:
             raise PlanError(f"plan indices must be integers ({exc})") from None
-        return cls(keep_ffn_neurons=keep_ffn, keep_value_channels=keep_values, **lists)
+        return cls(keep_ffn_neurons=keep_ffn, keep_value_channels=keep_values, residual_width=width, **lists)
 
     @classmethod
     def load(cls, path: str | Path) -> PrunePlan:
@@ -72,21 +78,26 @@ class PrunePlan:
         return cls.from_dict(data)
 
     def to_dict(self) -> dict:
-        return {
+        data = {
             "keep_ffn_neurons": {str(k): list(v) for k, v in sorted(self.keep_ffn_neurons.items())},
             "skip_attention": sorted(self.skip_attention),
             "skip_mlp": sorted(self.skip_mlp),
             "drop_blocks": sorted(self.drop_blocks),
             "keep_value_channels": {str(k): [list(g) for g in v] for k, v in sorted(self.keep_value_channels.items())},
         }
+        if self.residual_width is not None:
+            data["residual_width"] = self.residual_width
+        return data
 
     def save(self, path: str | Path) -> None:
         Path(path).write_text(json.dumps(self.to_dict(), indent=1) + "\n")
 
     # -- checks and normal form -------------------------------------------------------------
-    def validate(self, num_layers: int, ffn_width: int, value_groups: tuple[int, int] | None = None) -> None:
+    def validate(self, num_layers: int, ffn_width: int, value_groups: tuple[int, int] | None = None,
+                 hidden_size: int | None = None) -> None:
         """Raise PlanError naming the first problem: indices out of range, duplicates, contradictions.
-        `value_groups` is (KV heads, head dim), needed to check keep_value_channels."""
+        `value_groups` is (KV heads, head dim), needed to check keep_value_channels; `hidden_size`, to
+        check residual_width."""
 
         def check_layers(name: str, layers) -> None:
             bad = [l for l in layers if not 0 <= l < num_layers]
@@ -125,6 +136,18 @@ class PrunePlan:
                 raise PlanError(f"layer {layer} both keeps value channels and removes its attention; choose one")
         if not self.kept_layers(num_layers):
             raise PlanError("the plan removes every decoder block; keep at least one")
+        if self.residual_width is not None:
+            if hidden_size is None:
+                raise PlanError("residual_width is not supported for this architecture")
+            if not 1 <= self.residual_width <= hidden_size:
+                raise PlanError(f"residual_width {self.residual_width} must be in 1..{hidden_size} (the hidden size)")
+            if any(getattr(self, k) for k in PLAN_KEYS if k != "residual_width"):
+                raise PlanError("residual_width (SliceGPT) cannot be combined with other pruning in one plan")
+
+    def residual_widths(self, num_layers: int, hidden_size: int) -> list[tuple[int, int, int]]:
+        """(input, middle, output) width of every block's residual stream under `residual_width`."""
+        width = self.residual_width or hidden_size
+        return [(width, width, hidden_size if l == num_layers - 1 else width) for l in range(num_layers)]
 
     def normalized(self, num_layers: int) -> PrunePlan:
         """Same pruned model, canonical form: sorted, identity blocks dropped, no redundant entries."""
@@ -136,6 +159,7 @@ class PrunePlan:
             skip_attention=sorted(set(self.skip_attention) - drop),
             skip_mlp=sorted(set(self.skip_mlp) - drop),
             drop_blocks=sorted(drop),
+            residual_width=self.residual_width,
         )
 
     def kept_layers(self, num_layers: int) -> list[int]:

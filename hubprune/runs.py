@@ -78,27 +78,29 @@ class RunFolder:
 
 class LayerTensors:
     """Tensors per source layer (names local to the block), one safetensors file per layer in a folder:
-    the weights a restoring method refitted, applied on top of the plan when the output is written."""
+    the weights a restoring method refitted, applied on top of the plan when the output is written.
+    A string key names tensors outside the blocks (see `surgery.OUTSIDE_BLOCKS`)."""
 
     def __init__(self, folder: str | Path):
         self.folder = Path(folder)
 
-    def _file(self, layer: int) -> Path:
-        return self.folder / f"layer-{layer:05d}.safetensors"
+    def _file(self, key: int | str) -> Path:
+        return self.folder / (f"layer-{key:05d}.safetensors" if isinstance(key, int) else f"{key}.safetensors")
 
-    def save(self, layer: int, tensors: dict) -> None:
+    def save(self, key: int | str, tensors: dict) -> None:
         from safetensors.torch import save_file
 
         self.folder.mkdir(parents=True, exist_ok=True)
-        tmp = self.folder / f".layer-{layer:05d}.tmp"
+        path = self._file(key)
+        tmp = path.with_name(f".{path.name}.tmp")
         save_file({k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}, tmp)
-        tmp.replace(self._file(layer))
+        tmp.replace(path)
 
-    def __call__(self, layer: int) -> dict | None:
+    def __call__(self, key: int | str) -> dict | None:
         from safetensors.torch import load_file
 
-        path = self._file(layer)
+        path = self._file(key)
         return load_file(path) if path.is_file() else None
 
     def __bool__(self) -> bool:
-        return self.folder.is_dir() and any(self.folder.glob("layer-*.safetensors"))
+        return self.folder.is_dir() and any(self.folder.glob("*.safetensors"))

@@ -153,9 +153,9 @@ class DecoderStack:
         self.block_forwards += hidden.shape[0]
         if getattr(layer, "self_attn", None) is not None and not skip_attention:
             mask = inputs.masks.get(self.layer_types[index])
-            hidden = hidden + self.family.run_attention(layer, hidden, inputs, mask)
+            hidden = _shortcut(layer, "attn_shortcut_Q", hidden) + self.family.run_attention(layer, hidden, inputs, mask)
         if self.family.has_mlp(layer) and not skip_mlp:
-            hidden = hidden + self.family.run_mlp(layer, hidden, mlp_params)
+            hidden = _shortcut(layer, "mlp_shortcut_Q", hidden) + self.family.run_mlp(layer, hidden, mlp_params)
         return hidden
 
     def run_batched(self, layer: torch.nn.Module, index: int, states: list[torch.Tensor], batch: int,
@@ -184,6 +184,12 @@ class DecoderStack:
         for window, target in zip(hidden, ids):
             total += window_nll(self.logits(window[:-1], fp32=mode == "accurate"), target[1:], mode)
         return total
+
+
+def _shortcut(layer: torch.nn.Module, name: str, residual: torch.Tensor) -> torch.Tensor:
+    """The residual carried past a sub-module: rotated into the next basis in a sliced (SliceGPT) block."""
+    rotation = getattr(layer, name, None)
+    return residual if rotation is None else residual @ rotation
 
 
 def mlp_parameters(layer: torch.nn.Module, family, keep: torch.Tensor | None) -> dict[str, torch.Tensor] | None:

@@ -15,6 +15,10 @@ from . import modeling
 from .families import Family, get_family
 from .plan import PrunePlan
 
+# The key of `overrides` that holds tensors outside the blocks (full names), e.g. SliceGPT's rotated
+# embeddings and head.
+OUTSIDE_BLOCKS = "outside"
+
 # Config keys that describe a checkpoint rather than the architecture.
 _DROP_CONFIG_KEYS = ("transformers_version", "architectures", "model_type", "auto_map", "_name_or_path",
                      "quantization_config", "block_configs", "hubprune")
@@ -32,7 +36,7 @@ def total_parameters(model: PreTrainedModel) -> int:
 
 def needs_custom_code(plan: PrunePlan, num_layers: int) -> bool:
     plan = plan.normalized(num_layers)
-    if plan.skip_attention or plan.skip_mlp or plan.keep_value_channels:
+    if plan.skip_attention or plan.skip_mlp or plan.keep_value_channels or plan.residual_width is not None:
         return True
     widths = {len(plan.keep_ffn_neurons.get(l, ())) or None for l in plan.kept_layers(num_layers)}
     return len(widths) > 1  # a mix of pruned and unpruned layers, or different widths
@@ -54,6 +58,7 @@ def pruned_config(source: PretrainedConfig, plan: PrunePlan, family: Family, rec
     else:
         source_types = family.source_layer_types(source)
         data["layer_types"] = [source_types[l] for l in kept]
+        residual = plan.residual_widths(len(kept), source.hidden_size)
         data["block_configs"] = [
             {
                 "attention": {"no_op": l in plan.skip_attention, "num_key_value_heads": family.value_groups(source)[0],
@@ -63,9 +68,13 @@ def pruned_config(source: PretrainedConfig, plan: PrunePlan, family: Family, rec
                     "no_op": l in plan.skip_mlp,
                     "intermediate_size": 0 if l in plan.skip_mlp else len(plan.keep_ffn_neurons.get(l, range(width))),
                 },
+                **({"residual": dict(zip(("input", "middle", "output"), residual[i]))}
+                   if plan.residual_width is not None else {}),
             }
-            for l in kept
+            for i, l in enumerate(kept)
         ]
+        if plan.residual_width is not None:
+            data["tie_word_embeddings"] = False  # the embeddings and the head are rotated differently
         data["auto_map"] = {
             "AutoConfig": f"configuration_hubprune.{family.pruned_config_class}",
             "AutoModelForCausalLM": f"modeling_hubprune.{family.pruned_model_class}",
@@ -80,7 +89,10 @@ def pruned_config(source: PretrainedConfig, plan: PrunePlan, family: Family, rec
 def prune_block(tensors: dict[str, torch.Tensor], layer: int, plan: PrunePlan, family: Family, config: PretrainedConfig,
                 overrides: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
     """One source block's tensors (names local to the block) with the plan applied (plan normalized).
-    `overrides` replaces tensors after slicing, e.g. weights refitted by a restoring method."""
+    `overrides` replaces tensors after slicing, e.g. weights refitted by a restoring method. Under
+    `residual_width` every tensor of the block comes from `overrides` (rotated; norms folded in)."""
+    if plan.residual_width is not None:
+        return _rotated_block(tensors, layer, family, overrides)
     if layer in plan.skip_attention:
         tensors = {k: v for k, v in tensors.items() if not family.is_attention_param(k)}
     elif layer in plan.keep_value_channels:
@@ -96,20 +108,51 @@ def prune_block(tensors: dict[str, torch.Tensor], layer: int, plan: PrunePlan, f
     return tensors
 
 
+def _rotated_block(tensors: dict[str, torch.Tensor], layer: int, family: Family,
+                   rotated: dict[str, torch.Tensor] | None) -> dict[str, torch.Tensor]:
+    norms = (family.attention_norm, family.mlp_norm)
+    expected = {n for n in tensors if not n.startswith(norms)} | {"attn_shortcut_Q", "mlp_shortcut_Q"}
+    if rotated is None or set(rotated) != expected:
+        raise RuntimeError(f"layer {layer}: a residual_width plan needs the rotated weights of the run that made it "
+                           f"(expected {sorted(expected)}, found {sorted(rotated or {})})")
+    dtype, device = next(iter(tensors.values())).dtype, next(iter(tensors.values())).device
+    return {name: tensor.to(device=device, dtype=dtype) for name, tensor in rotated.items()}
+
+
+def pruned_outside(tensors: dict[str, torch.Tensor], plan: PrunePlan, family: Family,
+                   overrides: Callable[[int | str], dict[str, torch.Tensor]] | None) -> dict[str, torch.Tensor]:
+    """The tensors outside the blocks (full names): unchanged, except under `residual_width`, where the
+    embeddings and the head are the rotated ones from `overrides(OUTSIDE_BLOCKS)` and the final norm's
+    weight is gone (folded into the head)."""
+    if plan.residual_width is None:
+        return dict(tensors)
+    rotated = overrides(OUTSIDE_BLOCKS) if overrides else None
+    expected = {family.embedding_weight, family.head_weight}
+    if rotated is None or set(rotated) != expected:
+        raise RuntimeError(f"a residual_width plan needs the rotated embeddings and head of the run that made it "
+                           f"(expected {sorted(expected)}, found {sorted(rotated or {})})")
+    like = tensors[family.embedding_weight]
+    out = {n: t for n, t in tensors.items() if n not in expected and n != family.final_norm_weight}
+    out.update({n: t.to(device=like.device, dtype=like.dtype) for n, t in rotated.items()})
+    return out
+
+
 def pruned_state_dict(model: PreTrainedModel, plan: PrunePlan, family: Family,
-                      overrides: Callable[[int], dict[str, torch.Tensor]] | None = None) -> dict[str, torch.Tensor]:
+                      overrides: Callable[[int | str], dict[str, torch.Tensor]] | None = None) -> dict[str, torch.Tensor]:
     """Source weights with the plan applied and layers renumbered. Kept tensors are shared, not copied.
-    `overrides(layer)` gives the restored tensors of a source layer (see `prune_block`)."""
+    `overrides(layer)` gives the restored tensors of a source layer (see `prune_block`), and
+    `overrides(OUTSIDE_BLOCKS)` those outside the blocks (see `pruned_outside`)."""
     num_layers = model.config.num_hidden_layers
     plan = plan.normalized(num_layers)
     by_layer: dict[int, dict[str, torch.Tensor]] = {}
-    out: dict[str, torch.Tensor] = {}
+    outside: dict[str, torch.Tensor] = {}
     for name, tensor in model.state_dict().items():
         if name.startswith(family.layers_prefix):
             index, local = name[len(family.layers_prefix):].split(".", 1)
             by_layer.setdefault(int(index), {})[local] = tensor
         else:
-            out[name] = tensor
+            outside[name] = tensor
+    out = pruned_outside(outside, plan, family, overrides)
     for new_index, layer in enumerate(plan.kept_layers(num_layers)):
         restored = overrides(layer) if overrides else None
         for local, tensor in prune_block(by_layer[layer], layer, plan, family, model.config, restored).items():
@@ -140,11 +183,17 @@ def build_model(config: PretrainedConfig, state_dict: dict[str, torch.Tensor], *
     return model.to(device).eval()
 
 
+def plan_limits(config: PretrainedConfig, family: Family) -> tuple:
+    """The model's dimensions a plan is validated against (`PrunePlan.validate`'s arguments)."""
+    return (config.num_hidden_layers, family.ffn_width(config), family.value_groups(config),
+            config.hidden_size if family.residual_slicing else None)
+
+
 def apply_plan(model: PreTrainedModel, plan: PrunePlan, record: dict | None = None,
-               overrides: Callable[[int], dict[str, torch.Tensor]] | None = None) -> PreTrainedModel:
+               overrides: Callable[[int | str], dict[str, torch.Tensor]] | None = None) -> PreTrainedModel:
     """The pruned model, on the source model's device and in its dtype."""
     family = get_family(model.config.model_type)
-    plan.validate(model.config.num_hidden_layers, family.ffn_width(model.config), family.value_groups(model.config))
+    plan.validate(*plan_limits(model.config, family))
     config = pruned_config(model.config, plan, family, record)
     state = pruned_state_dict(model, plan, family, overrides)
     return build_model(config, state, dtype=model.dtype, device=model.device,

@@ -23,6 +23,12 @@ class Family:
     ffn_cols = ("mlp.down_proj",)  # consumer: its input columns are FFN neurons
     value_rows = "self_attn.v_proj"  # producer of the value channels
     value_cols = "self_attn.o_proj"  # consumer: column h * head_dim + c is channel c of head h
+    attention_inputs = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj")  # read the residual stream
+    # Outside the blocks (full names), for methods that rewrite them (SliceGPT rotates the residual stream).
+    embedding_weight = "model.embed_tokens.weight"
+    final_norm_weight = "model.norm.weight"
+    head_weight = "lm_head.weight"
+    residual_slicing = True  # RMSNorm everywhere, so norms fold into the next linear layers (SliceGPT)
 
     @property
     def pruned_model_type(self) -> str:

@@ -19,6 +19,7 @@ class OPTFamily(Family):
     ffn_rows = ("fc1",)
     ffn_cols = ("fc2",)
     value_cols = "self_attn.out_proj"
+    residual_slicing = False  # LayerNorm with mean and bias: SliceGPT would need its centring step, not done here
 
     def ffn_width(self, config) -> int:
         return config.ffn_dim

@@ -9,6 +9,7 @@ class Phi3Family(Family):
     model_type = "phi3"
     pruned_class_prefix = "Phi3"
     ffn_rows = ("mlp.gate_up_proj",)
+    attention_inputs = ("self_attn.qkv_proj",)
 
     def slice_ffn(self, tensors: dict[str, torch.Tensor], keep: torch.Tensor) -> dict[str, torch.Tensor]:
         # gate_up_proj stacks the gate rows [0, F) over the up rows [F, 2F): keep neuron j in both halves.

@@ -56,6 +56,7 @@ class PruningMethod(ABC):
     summary: str = ""  # one line, shown by `hubprune methods`
     paper: str | None = None
     takes_sparsity: bool = True
+    sparsity_means: str = "of the decoder-layer parameters"  # what --sparsity is a fraction of (record, card)
     options: tuple[str, ...] = ()  # method-specific option names (CLI flags without the leading --)
     defaults: dict = {}  # option -> default, for the options that have one
 

@@ -9,7 +9,6 @@ from the first). The refitted weights, in the pruned layout, go to `restored`.
 """
 from __future__ import annotations
 
-import time
 from contextlib import contextmanager
 
 import torch
@@ -19,34 +18,13 @@ from tqdm.auto import tqdm
 from ..plan import PrunePlan
 from ..runs import LayerTensors
 from ..sequential import DecoderStack
+from .clock import PhaseClock
 from .restoration import column_scores, restore
 from .twossp_stages import top_neurons
 
 
-class _Clock:
-    """Wall time per phase; synchronises CUDA so that asynchronous kernels are charged to their phase."""
-
-    def __init__(self, device: torch.device):
-        self.device = device
-        self.seconds: dict[str, float] = {}
-
-    @contextmanager
-    def __call__(self, phase: str):
-        self._sync()
-        started = time.perf_counter()
-        try:
-            yield
-        finally:
-            self._sync()
-            self.seconds[phase] = self.seconds.get(phase, 0.0) + time.perf_counter() - started
-
-    def _sync(self) -> None:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-
-
 @contextmanager
-def _gram(module: torch.nn.Module, size: int, dtype: torch.dtype, device: torch.device, clock: _Clock,
+def _gram(module: torch.nn.Module, size: int, dtype: torch.dtype, device: torch.device, clock: PhaseClock,
           inputs: list | None = None):
     """Accumulate H = Σ x xᵀ over every token of `module`'s input while the `with` runs (and append
     each input to `inputs` when given)."""
@@ -81,7 +59,7 @@ def prune_blocks(stack: DecoderStack, windows: torch.Tensor, widths, restored: L
     kv_heads, head_dim = family.value_groups(config)
     heads = config.num_attention_heads
     value_cols, down = family.value_cols, family.ffn_cols[0]  # block-local: "self_attn.o_proj", "mlp.down_proj"
-    clock = _Clock(device)
+    clock = PhaseClock(device)
     plan = PrunePlan()
     states = [stack.embed(windows[i:i + batch]) for i in range(0, windows.shape[0], batch)]
     for index in tqdm(range(stack.num_layers), desc="fasp", disable=not progress, leave=False):

@@ -16,7 +16,10 @@ class ManualMethod(PruningMethod):
     def check_options(self, options: dict) -> None:
         if not options.get("plan"):
             raise InvalidOptionError("--method manual needs --plan FILE (JSON or YAML; see `hubprune prune --help`)")
-        PrunePlan.load(options["plan"])  # a malformed file is reported before the model is loaded
+        plan = PrunePlan.load(options["plan"])  # a malformed file is reported before the model is loaded
+        if plan.residual_width is not None:
+            raise InvalidOptionError("a plan with residual_width needs the rotations SliceGPT calibrates, which a plan "
+                                     "file does not hold; use --method slicegpt")
 
     def select(self, context: PruneContext) -> PrunePlan:
         return PrunePlan.load(context.options["plan"])

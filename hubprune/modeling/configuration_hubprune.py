@@ -8,6 +8,11 @@
 #      "ffn": {"no_op": bool, "intermediate_size": int}}
 # (the key names follow the vLLM "AnyModel"/DeciLM schema). `no_op` means the sub-module is skipped
 # entirely: a block with `attention.no_op` has no q/k/v/o weights, no input norm and no KV-cache entry.
+# Optional per-block keys: `attention.v_head_dim` (value channels per head, when fewer than head_dim) and
+# `residual: {"input": int, "middle": int, "output": int}` (SliceGPT: the widths of the rotated and
+# sliced residual stream at the block's input, after its attention and after its MLP; `hidden_size`
+# stays the source's, the width the fused norms normalise by). A sliced model never ties its head to
+# the embeddings: they are rotated differently.
 from huggingface_hub.dataclasses import strict
 from transformers import LlamaConfig, MistralConfig, OPTConfig, Phi3Config, Qwen2Config
 

@@ -11,6 +11,12 @@
 #      - `ffn.intermediate_size`: this block's own FFN width;
 #      - `attention.v_head_dim` (optional): fewer value channels per head than query/key channels
 #        (v_proj and o_proj narrowed; queries, keys and RoPE unchanged), see ValuePrunedAttention;
+#      - `residual` (optional, SliceGPT): the residual stream is rotated and sliced. The block reads
+#        `input` channels, its attention writes `middle` channels and its MLP `output` channels; two
+#        shortcut matrices (attn_shortcut_Q [input, middle], mlp_shortcut_Q [middle, output]) carry the
+#        residual from one basis to the next, and the norms' weights are folded into the linear layers
+#        that follow them (FusedRMSNorm). The embeddings have the first block's input width and the head
+#        reads the last block's output width;
 #   2. removed whole blocks are simply absent (layers renumbered).
 import copy
 import importlib
@@ -148,15 +154,65 @@ def _value_pruned_attention(family: str, config, layer_idx: int, v_head_dim: int
     return attention
 
 
+class FusedRMSNorm(nn.Module):
+    """An RMSNorm whose weight was folded into the linear layers that read its output (SliceGPT).
+
+    It divides by the root mean square over `norm_dim`, the source model's hidden size, even when it
+    reads a residual stream sliced to fewer channels: the rotation before the slicing preserves norms,
+    so this is the full-width norm of the kept components (the reference's RMSN does the same)."""
+
+    def __init__(self, norm_dim: int, eps: float):
+        super().__init__()
+        self.norm_dim = norm_dim
+        self.variance_epsilon = eps
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        input_dtype = hidden_states.dtype
+        hidden_states = hidden_states.to(torch.float32)
+        variance = hidden_states.pow(2).sum(-1, keepdim=True) / self.norm_dim
+        return (hidden_states * torch.rsqrt(variance + self.variance_epsilon)).to(input_dtype)
+
+
+# The linear layers that read the residual stream, and those that write to it (by attribute name).
+_READS_RESIDUAL = ("q_proj", "k_proj", "v_proj", "qkv_proj", "gate_proj", "up_proj", "gate_up_proj")
+_WRITES_RESIDUAL = ("o_proj", "down_proj")
+
+
+def _resize_residual(module: nn.Module, input_width: int, output_width: int) -> None:
+    """Give `module`'s residual-facing linear layers the sliced widths (the other side unchanged)."""
+    for name, child in list(module.named_children()):
+        if name in _READS_RESIDUAL:
+            setattr(module, name, nn.Linear(input_width, child.out_features, bias=child.bias is not None))
+        elif name in _WRITES_RESIDUAL:
+            setattr(module, name, nn.Linear(child.in_features, output_width, bias=child.bias is not None))
+
+
+def _residual_ends(config) -> tuple[int, int]:
+    """Width of the embeddings and of the head's input: the hidden size unless the residual is sliced."""
+    first, last = config.block_configs[0].get("residual"), config.block_configs[-1].get("residual")
+    return (first["input"] if first else config.hidden_size), (last["output"] if last else config.hidden_size)
+
+
+def _shortcut(residual: torch.Tensor, rotation: torch.Tensor | None) -> torch.Tensor:
+    return residual if rotation is None else residual @ rotation
+
+
 class HubPruneDecoderLayer(GradientCheckpointingLayer):
     def __init__(self, config, layer_idx: int):
         super().__init__()
         family = _family(config)
         block = config.block_configs[layer_idx]
-        rms_norm = _stock(family, "RMSNorm")
+        sliced = block.get("residual")
+        if sliced:
+            if block["attention"]["no_op"] or block["ffn"]["no_op"] or "v_head_dim" in block["attention"]:
+                raise ValueError("a block with a sliced residual must keep its whole attention and MLP")
+            rms_norm = FusedRMSNorm
+        else:
+            rms_norm = _stock(family, "RMSNorm")
         self.hidden_size = config.hidden_size
         self.self_attn = self.input_layernorm = None
         self.mlp = self.post_attention_layernorm = None
+        self.attn_shortcut_Q = self.mlp_shortcut_Q = None
         if not block["attention"]["no_op"]:
             self.input_layernorm = rms_norm(config.hidden_size, eps=config.rms_norm_eps)
             v_head_dim = block["attention"].get("v_head_dim")
@@ -170,6 +226,12 @@ class HubPruneDecoderLayer(GradientCheckpointingLayer):
             mlp_config.intermediate_size = block["ffn"]["intermediate_size"]
             self.post_attention_layernorm = rms_norm(config.hidden_size, eps=config.rms_norm_eps)
             self.mlp = _stock(family, "MLP")(mlp_config)
+        if sliced:
+            widths = sliced["input"], sliced["middle"], sliced["output"]
+            _resize_residual(self.self_attn, widths[0], widths[1])
+            _resize_residual(self.mlp, widths[1], widths[2])
+            self.attn_shortcut_Q = nn.Parameter(torch.eye(widths[0], widths[1]))
+            self.mlp_shortcut_Q = nn.Parameter(torch.eye(widths[1], widths[2]))
 
     @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
     def forward(
@@ -194,11 +256,11 @@ class HubPruneDecoderLayer(GradientCheckpointingLayer):
                 position_embeddings=position_embeddings,
                 **kwargs,
             )
-            hidden_states = residual + hidden_states
+            hidden_states = _shortcut(residual, self.attn_shortcut_Q) + hidden_states
         if self.mlp is not None:
             residual = hidden_states
             hidden_states = self.post_attention_layernorm(hidden_states)
-            hidden_states = residual + self.mlp(hidden_states)
+            hidden_states = _shortcut(residual, self.mlp_shortcut_Q) + self.mlp(hidden_states)
         return hidden_states
 
 
@@ -221,11 +283,13 @@ class HubPruneModel(HubPrunePreTrainedModel):
         family = _family(config)
         self.padding_idx = config.pad_token_id
         self.vocab_size = config.vocab_size
-        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size, self.padding_idx)
+        embedding_width, _ = _residual_ends(config)
+        self.embed_tokens = nn.Embedding(config.vocab_size, embedding_width, self.padding_idx)
         self.layers = nn.ModuleList(
             [HubPruneDecoderLayer(config, layer_idx) for layer_idx in range(config.num_hidden_layers)]
         )
-        self.norm = _stock(family, "RMSNorm")(config.hidden_size, eps=config.rms_norm_eps)
+        sliced = "residual" in config.block_configs[-1]
+        self.norm = (FusedRMSNorm if sliced else _stock(family, "RMSNorm"))(config.hidden_size, eps=config.rms_norm_eps)
         self.rotary_emb = _stock(family, "RotaryEmbedding")(config=config)
         self.gradient_checkpointing = False
         self.post_init()
@@ -290,7 +354,7 @@ class HubPruneForCausalLM(HubPrunePreTrainedModel, GenerationMixin):
         super().__init__(config)
         self.model = HubPruneModel(config)
         self.vocab_size = config.vocab_size
-        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.lm_head = nn.Linear(_residual_ends(config)[1], config.vocab_size, bias=False)
         self.post_init()
 
     @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
