@@ -143,7 +143,9 @@ def _prune_options(p: argparse.ArgumentParser) -> None:
 
     m = p.add_argument_group("method")
     m.add_argument("--method", help=f"pruning method: {', '.join(sorted(METHODS))}")
-    m.add_argument("--sparsity", type=float, help="fraction of decoder-layer parameters to remove, in (0, 1)")
+    m.add_argument("--sparsity", type=float,
+                   help="fraction of decoder-layer parameters to remove, in (0, 1) (slicegpt: the fraction of the "
+                        "hidden width sliced away, which removes fewer parameters; both are reported)")
     m.add_argument("--plan", help="plan file for --method manual (JSON or YAML, format below)")
     m.add_argument("--offload", action="store_true",
                    help="never load the whole model: stream one block at a time from the safetensors shards "
