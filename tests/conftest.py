@@ -115,4 +115,17 @@ def left_padded_batch(vocab: int, pad_id: int, seed: int = 1):
     return ids, mask
 
 
-__all__ = ["FAMILIES", "TINY_CONFIGS", "AutoTokenizer", "left_padded_batch", "tiny_model", "tiny_tokenizer"]
+def assert_reloads_like(folder, model):
+    """The output folder reloads (remote code) with `model`'s logits and generates the same with and
+    without the KV cache."""
+    reloaded = AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=True).eval()
+    ids = torch.arange(100, 164)[None]
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(ids).logits, model(ids).logits, rtol=0, atol=1e-5)
+    prompt = torch.arange(200, 210)[None]
+    kwargs = dict(max_new_tokens=8, do_sample=False, pad_token_id=0)
+    assert torch.equal(reloaded.generate(prompt, use_cache=True, **kwargs),
+                       reloaded.generate(prompt, use_cache=False, **kwargs))
+
+
+__all__ = ["assert_reloads_like", "FAMILIES", "TINY_CONFIGS", "AutoTokenizer", "left_padded_batch", "tiny_model", "tiny_tokenizer"]

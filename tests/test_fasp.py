@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import calibratable_model
+from conftest import assert_reloads_like, calibratable_model
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, LlamaConfig, MistralConfig, OPTConfig, Phi3Config, Qwen2Config
 
@@ -115,15 +115,7 @@ def test_achieved_sparsity_is_within_half_a_percent(runs, sparsity):
 
 @pytest.mark.parametrize("sparsity", [0.1, 0.2, 0.3])
 def test_reloaded_output_gives_the_in_memory_logits_and_cached_generation(runs, sparsity):
-    result = runs[sparsity]
-    reloaded = AutoModelForCausalLM.from_pretrained(result.output, trust_remote_code=True).eval()
-    ids = torch.arange(100, 164)[None]
-    with torch.no_grad():
-        torch.testing.assert_close(reloaded(ids).logits, result.model(ids).logits, rtol=0, atol=1e-5)
-    prompt = torch.arange(200, 210)[None]
-    kwargs = dict(max_new_tokens=12, do_sample=False, pad_token_id=0)
-    assert torch.equal(reloaded.generate(prompt, use_cache=True, **kwargs),
-                       reloaded.generate(prompt, use_cache=False, **kwargs))
+    assert_reloads_like(runs[sparsity].output, runs[sparsity].model)
 
 
 def test_restoration_lowers_perplexity_and_more_sparsity_costs_more(runs):

@@ -9,7 +9,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from conftest import calibratable_model, left_padded_batch, tiny_model
+from conftest import assert_reloads_like, calibratable_model, left_padded_batch, tiny_model
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, LlamaConfig, MistralConfig, OPTConfig, Qwen2Config
 
@@ -167,14 +167,7 @@ def embedded_run(embedded_model, tmp_path_factory):
 
 
 def test_embedded_model_at_25_percent_reloads_with_the_in_memory_logits(embedded_run):
-    reloaded = AutoModelForCausalLM.from_pretrained(embedded_run.output, trust_remote_code=True).eval()
-    ids = torch.arange(100, 164)[None]
-    with torch.no_grad():
-        torch.testing.assert_close(reloaded(ids).logits, embedded_run.model(ids).logits, rtol=0, atol=1e-5)
-    prompt = torch.arange(200, 210)[None]
-    kwargs = dict(max_new_tokens=8, do_sample=False, pad_token_id=0)
-    assert torch.equal(reloaded.generate(prompt, use_cache=True, **kwargs),
-                       reloaded.generate(prompt, use_cache=False, **kwargs))
+    assert_reloads_like(embedded_run.output, embedded_run.model)
 
 
 def test_embedded_model_perplexity_is_finite_and_worse_than_dense(embedded_run):
