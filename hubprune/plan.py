@@ -11,11 +11,12 @@ Layer indices refer to the *source* model. The file format (JSON or YAML) is
      "drop_blocks": [layers],                      # whole decoder block removed
      "residual_width": d'}                         # residual stream rotated and sliced to d' (SliceGPT)
 
-Omitted keys remove nothing. `residual_width` stands alone: every residual point (embeddings, the
-middle and the output of each block) keeps d' channels, except the last block's output, which keeps
-the full width because the head is not sliced. The rotations that go with it are calibrated, so such a
-plan is applied with the weights of the run that made it, not from the plan file alone. A block whose attention and MLP are both skipped is an identity and is
-dropped. Every output folder holds the plan that made it as `hubprune_plan.json`.
+Omitted keys remove nothing. A block whose attention and MLP are both skipped is an identity and is
+dropped. `residual_width` stands alone: every residual point (embeddings, the middle and the output
+of each block) keeps d' channels, except the last block's output, which keeps the full width because
+the head is not sliced. The rotations that go with it are calibrated, so such a plan is applied with
+the weights of the run that made it, not from the plan file alone. Every output folder holds the plan
+that made it as `hubprune_plan.json`.
 """
 from __future__ import annotations
 
