@@ -35,24 +35,10 @@ from hubprune.plan import PrunePlan
 from hubprune.runs import LayerTensors
 from hubprune.sequential import DecoderStack
 from hubprune.surgery import apply_plan
+from peak_memory import peak_bytes, reset_peak
 
 OPT_125M = dict(hidden_size=768, ffn_dim=3072, num_hidden_layers=12, num_attention_heads=12, vocab_size=50272,
                 max_position_embeddings=2048, word_embed_proj_dim=768)
-
-
-def reset_peak(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-        torch.cuda.reset_peak_memory_stats(device)
-    else:
-        Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current RSS
-
-
-def peak_bytes(device: torch.device) -> int:
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device)
-    line = next(l for l in open("/proc/self/status") if l.startswith("VmHWM:"))
-    return int(line.split()[1]) * 1024
 
 
 def build(name: str, args) -> tuple[LoadedModel, torch.Tensor, dict]:

@@ -27,19 +27,6 @@ RUNS = {  # name -> (method, calibration windows)
 }
 
 
-def _memory(device) -> int:
-    import torch
-
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device)
-    return _status_bytes("VmHWM")
-
-
-def _status_bytes(field: str) -> int:
-    line = next(l for l in open("/proc/self/status") if l.startswith(field + ":"))
-    return int(line.split()[1]) * 1024
-
-
 def child(args) -> dict:
     """One run, in this process: load, prune with perplexity, report."""
     import tempfile
@@ -50,10 +37,12 @@ def child(args) -> dict:
     from hubprune.loading import load_model
     from hubprune.pipeline import environment, seed_everything
 
+    from peak_memory import current_bytes, peak_bytes
+
     method, windows = RUNS[args.child]
     seed_everything(0)
     loaded = load_model(args.model, device=args.device, dtype=args.dtype)
-    after_load = torch.cuda.memory_allocated(loaded.device) if loaded.device.type == "cuda" else _status_bytes("VmRSS")
+    after_load = current_bytes(loaded.device)
     if loaded.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(loaded.device)
     with tempfile.TemporaryDirectory() as tmp:
@@ -68,7 +57,7 @@ def child(args) -> dict:
         "sparsity_achieved": record["sparsity"]["achieved"], "slicing": report.get("slicing"),
         "parameters": record["parameters"], "select_seconds": record["timing_seconds"]["select"],
         "apply_seconds": record["timing_seconds"]["apply"], "method_timing_seconds": report.get("timing_seconds"),
-        "memory_after_load_bytes": after_load, "peak_memory_bytes": _memory(loaded.device),
+        "memory_after_load_bytes": after_load, "peak_memory_bytes": peak_bytes(loaded.device),
         "peak_memory_kind": ("torch.cuda.max_memory_allocated" if loaded.device.type == "cuda"
                              else "process peak resident set (VmHWM)"),
         "perplexity_dense": ppl["dense"]["perplexity"], "perplexity_pruned": ppl["pruned"]["perplexity"],
@@ -92,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(child(args)))
         return 0
 
-    forwarded = [a for a in (argv if argv is not None else sys.argv[1:])]
+    forwarded = list(argv if argv is not None else sys.argv[1:])
     results = {}
     for name in RUNS:
         done = subprocess.run([sys.executable, __file__, *forwarded, "--child", name], check=True,
@@ -108,8 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     output = Path(args.output)
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(json.dumps({
-        "command": " ".join(["python", Path(__file__).relative_to(Path.cwd()).as_posix()
-                             if Path(__file__).is_relative_to(Path.cwd()) else __file__, *forwarded]),
+        "command": " ".join(["python", Path(sys.argv[0]).as_posix(), *forwarded]),
         "model": args.model, "dtype": args.dtype, "seq_len": args.seq_len,
         "ppl": {"corpus": "default (held-out)", "windows": args.ppl_windows},
         "results": results}, indent=1) + "\n")

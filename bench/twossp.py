@@ -29,6 +29,7 @@ from hubprune.methods.twossp import DEFAULTS, TwoStageMethod
 from hubprune.methods.twossp_stages import remove_attention, two_stages
 from hubprune.pipeline import environment, seed_everything
 from hubprune.sequential import DecoderStack, mlp_parameters
+from peak_memory import peak_bytes
 
 SHAPES = {
     "llama-2-7b": dict(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32,
@@ -52,13 +53,6 @@ def timed(fn, device: torch.device, repeats: int = 5) -> float:
         synchronize(device)
         times.append(time.perf_counter() - start)
     return statistics.median(times)
-
-
-def peak_bytes(device: torch.device) -> int:
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device)
-    line = next(l for l in open("/proc/self/status") if l.startswith("VmHWM:"))
-    return int(line.split()[1]) * 1024
 
 
 def build(args) -> tuple[LoadedModel, torch.Tensor, dict]:
