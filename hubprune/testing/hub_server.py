@@ -11,6 +11,11 @@ Storage (one folder): `blobs/<sha256>` holds every file's content, addressed by 
 `state.json` holds users, repos, branches and commits and is replaced atomically at each commit, so a
 server killed mid-upload leaves every repo as its last commit left it.
 
+Safe to run on a shared machine: it binds to loopback only; LFS oids must be sha256 hex and repo paths
+relative without '..', so no request reads or writes outside its folder; every write needs a token with
+write access to the repo (LFS uploads go to a URL the server signed for an authenticated batch call, as
+the Hub's presigned storage URLs); header values are stripped of control characters; bodies are capped.
+
     python -m hubprune.testing.hub_server --root /tmp/hub --user alice:hf_alice --port 8765
 """
 from __future__ import annotations
@@ -18,6 +23,7 @@ from __future__ import annotations
 import argparse
 import base64
 import hashlib
+import hmac
 import json
 import os
 import re
@@ -26,12 +32,39 @@ import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from urllib.parse import unquote, urlsplit
+from urllib.parse import parse_qs, unquote, urlsplit
 
 import yaml
 
 LFS_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf", ".arrow", ".parquet", ".msgpack", ".h5", ".zip")
 LFS_MIN_BYTES = 10 * 2**20  # larger files go to LFS whatever their name, as on the Hub
+MAX_JSON_BYTES = 64 * 2**20  # a commit's NDJSON (regular files inlined as base64) or any other API body
+MAX_LFS_BYTES = 64 * 2**30  # one LFS object
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
+_OID = re.compile(r"[0-9a-f]{64}")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def check_oid(oid) -> str:
+    """An LFS object id is a sha256 in hex, nothing else: it names a file in the blob folder."""
+    if not isinstance(oid, str) or not _OID.fullmatch(oid):
+        raise HubError(400, "an LFS oid must be 64 lowercase hex digits (its sha256)")
+    return oid
+
+
+def check_repo_path(path) -> str:
+    """A file's path inside a repo: relative, '/'-separated, no '.' or '..' parts, no control characters."""
+    if (not isinstance(path, str) or not path or path.startswith("/") or "\\" in path or _CONTROL.search(path)
+            or any(part in ("", ".", "..") for part in path.split("/"))):
+        raise HubError(400, f"invalid path in repo: {path!r}")
+    return path
+
+
+def check_name(value: str, what: str) -> str:
+    """Branch names, revisions, repo names: printable and free of the characters that split a URL or a header."""
+    if not value or _CONTROL.search(value) or ".." in value or len(value) > 256:
+        raise HubError(400, f"invalid {what}: {value!r}")
+    return value
 
 
 def git_blob_sha1(content: bytes) -> str:
@@ -78,7 +111,7 @@ class HubState:
         return repo
 
     def commit_id(self, repo: dict, revision: str) -> str:
-        revision = unquote(revision)
+        revision = check_name(unquote(revision), "revision")
         if revision in repo["branches"]:
             return repo["branches"][revision]
         if revision in repo["commits"]:
@@ -87,7 +120,9 @@ class HubState:
 
     # --- writes --------------------------------------------------------------------------------------
     def create_repo(self, user: str, namespace: str, name: str, private: bool, base: str) -> tuple[int, dict]:
-        repo_id = f"{namespace}/{name}"
+        repo_id = f"{check_name(namespace, 'namespace')}/{check_name(name, 'repo name')}"
+        if "/" in name or "/" in namespace:
+            raise HubError(400, f"invalid repo id: {repo_id!r}")
         url = {"url": f"{base}/{repo_id}", "name": repo_id}
         with self.lock:
             if repo_id in self.data["repos"]:
@@ -113,7 +148,7 @@ class HubState:
     def commit(self, repo_id: str, user: str, revision: str, lines: list[dict]) -> str:
         with self.lock:
             repo = self.repo(repo_id, user, write=True)
-            branch = unquote(revision)
+            branch = check_name(unquote(revision), "branch")
             if branch not in repo["branches"]:
                 raise HubError(404, f"Invalid rev id: {branch}", "RevisionNotFound")
             parent = repo["branches"][branch]
@@ -125,12 +160,12 @@ class HubState:
                     header = value
                 elif key == "file":
                     content = base64.b64decode(value["content"])
-                    files[value["path"]] = self._store(content)
+                    files[check_repo_path(value["path"])] = self._store(content)
                 elif key == "lfsFile":
-                    blob = self.blobs / value["oid"]
+                    blob = self.blobs / check_oid(value["oid"])
                     if not blob.is_file():
                         raise HubError(422, f"LFS object {value['oid']} of {value['path']} was never uploaded")
-                    files[value["path"]] = {"sha256": value["oid"], "size": value["size"], "lfs": True,
+                    files[check_repo_path(value["path"])] = {"sha256": value["oid"], "size": blob.stat().st_size, "lfs": True,
                                             "git_sha1": None}
                 elif key == "deletedFile":
                     files.pop(value["path"], None)
@@ -160,11 +195,13 @@ class HubState:
             os.replace(tmp, target)
 
     def put_lfs(self, oid: str, content: bytes) -> None:
+        check_oid(oid)
         if hashlib.sha256(content).hexdigest() != oid:
             raise HubError(400, "uploaded content does not match its oid")
         self._write_blob(oid, content)
 
     def create_branch(self, repo_id: str, user: str, branch: str, start: str | None) -> int:
+        check_name(branch, "branch")
         with self.lock:
             repo = self.repo(repo_id, user, write=True)
             if branch in repo["branches"]:
@@ -206,9 +243,31 @@ class _Handler(BaseHTTPRequestHandler):
         header = self.headers.get("authorization", "")
         return header[7:] if header.lower().startswith("bearer ") else None
 
-    def _body(self) -> bytes:
-        length = int(self.headers.get("content-length") or 0)
+    def _user(self) -> str:
+        """The token's user; every write route needs one."""
+        user = self.state.user(self._token())
+        if user is None:
+            raise HubError(401, "Invalid credentials in Authorization header")
+        return user
+
+    def _body(self, limit: int = MAX_JSON_BYTES) -> bytes:
+        try:
+            length = int(self.headers.get("content-length") or 0)
+        except ValueError:
+            raise HubError(400, "invalid Content-Length") from None
+        if length < 0 or length > limit:
+            self.close_connection = True  # the unread body must not be taken for the next request
+            raise HubError(413, f"request body over {limit} bytes")
         return self.rfile.read(length) if length else b""
+
+    def _json(self, default=None):
+        body = self._body()
+        if not body and default is not None:
+            return default
+        try:
+            return json.loads(body)
+        except (ValueError, UnicodeDecodeError):
+            raise HubError(400, "the request body is not valid JSON") from None
 
     def _send(self, status: int, body: bytes | dict | list | None = None, headers: dict | None = None,
               head: bool = False) -> None:
@@ -216,8 +275,8 @@ class _Handler(BaseHTTPRequestHandler):
             body, headers = json.dumps(body).encode(), {"Content-Type": "application/json", **(headers or {})}
         body = body or b""
         self.send_response(status)
-        for key, value in (headers or {}).items():
-            self.send_header(key, str(value))
+        for key, value in (headers or {}).items():  # no value may end the header or start another
+            self.send_header(key, _CONTROL.sub(" ", str(value)).encode("latin-1", "replace").decode("latin-1"))
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         if not head:
@@ -236,10 +295,13 @@ class _Handler(BaseHTTPRequestHandler):
                     return handler(self, *match.groups())
             raise HubError(404, f"no route for {method} {path}")
         except HubError as exc:
-            headers = {"X-Error-Message": exc.message}
-            if exc.code:
-                headers["X-Error-Code"] = exc.code
-            self._send(exc.status, {"error": exc.message}, headers, head=method == "HEAD")
+            error = exc
+        except (KeyError, TypeError, AttributeError, ValueError):  # a body without the fields a route reads
+            error = HubError(400, "malformed request")
+        headers = {"X-Error-Message": error.message}
+        if error.code:
+            headers["X-Error-Code"] = error.code
+        self._send(error.status, {"error": error.message}, headers, head=method == "HEAD")
 
     def do_GET(self):
         self._dispatch("GET")
@@ -262,14 +324,13 @@ class _Handler(BaseHTTPRequestHandler):
                          "auth": {"type": "access_token", "accessToken": {"displayName": "local", "role": "write"}}})
 
     def create(self):
-        user = self.state.user(self._token())
-        if user is None:
-            raise HubError(401, "Invalid credentials in Authorization header")
-        body = json.loads(self._body() or b"{}")
+        user = self._user()
+        body = self._json(default={})
         if body.get("type", "model") != "model":
             raise HubError(400, "this local hub holds model repos only")
         private = body.get("visibility", "private" if body.get("private") else "public") == "private"
-        status, payload = self.state.create_repo(user, body.get("organization") or user, body["name"], private, self.base)
+        status, payload = self.state.create_repo(user, str(body.get("organization") or user), str(body["name"]),
+                                                 private, self.base)
         self._send(status, payload)
 
     def info(self, repo_id: str, revision: str | None = None):
@@ -305,9 +366,9 @@ class _Handler(BaseHTTPRequestHandler):
         self._send(200, history)
 
     def preupload(self, repo_id: str, revision: str):
-        repo = self.state.repo(repo_id, self.state.user(self._token()), write=True)
-        body = json.loads(self._body())
-        branch = unquote(revision)
+        repo = self.state.repo(repo_id, self._user(), write=True)
+        body = self._json()
+        branch = check_name(unquote(revision), "branch")
         files = repo["commits"][repo["branches"][branch]]["files"] if branch in repo["branches"] else {}
         answer = []
         for item in body["files"]:
@@ -319,38 +380,47 @@ class _Handler(BaseHTTPRequestHandler):
         self._send(200, {"files": answer, "commitOid": repo["branches"].get(branch)})
 
     def commit(self, repo_id: str, revision: str):
-        user = self.state.user(self._token())
+        user = self._user()
         self.state.repo(repo_id, user, write=True)
-        lines = [json.loads(line) for line in self._body().decode().splitlines() if line.strip()]
+        try:
+            lines = [json.loads(line) for line in self._body().decode().splitlines() if line.strip()]
+        except (ValueError, UnicodeDecodeError):
+            raise HubError(400, "the commit body is not valid NDJSON") from None
         sha = self.state.commit(repo_id, user, revision, lines)
         self._send(200, {"commitUrl": f"{self.base}/{repo_id}/commit/{sha}", "commitOid": sha,
                          "pullRequestUrl": None})
 
     def branch(self, repo_id: str, branch: str):
-        body = json.loads(self._body() or b"{}")
-        status = self.state.create_branch(repo_id, self.state.user(self._token()), unquote(branch),
-                                          body.get("startingPoint"))
+        body = self._json(default={})
+        status = self.state.create_branch(repo_id, self._user(), unquote(branch), body.get("startingPoint"))
         self._send(status, {} if status == 200 else {"error": "Reference already exists"})
 
     def lfs_batch(self, repo_id: str):
-        self.state.repo(repo_id, self.state.user(self._token()), write=True)
-        body = json.loads(self._body())
+        self.state.repo(repo_id, self._user(), write=True)
+        body = self._json()
         objects = []
         for obj in body["objects"]:
-            entry = {"oid": obj["oid"], "size": obj["size"]}
+            entry = {"oid": check_oid(obj["oid"]), "size": obj["size"]}
             if not (self.state.blobs / obj["oid"]).is_file():  # already stored: no action, nothing to send
-                entry["actions"] = {"upload": {"href": f"{self.base}/lfs-upload/{obj['oid']}", "header": {}},
+                # The client PUTs to this URL without its token (as to the Hub's presigned storage URLs),
+                # so the URL itself carries the authorisation: a signature only this server can make.
+                upload = f"{self.base}/lfs-upload/{obj['oid']}?signature={self.server.sign(obj['oid'])}"  # type: ignore[attr-defined]
+                entry["actions"] = {"upload": {"href": upload, "header": {}},
                                     "verify": {"href": f"{self.base}/lfs-verify/{repo_id}", "header": {}}}
             objects.append(entry)
         self._send(200, {"transfer": "basic", "objects": objects})
 
     def lfs_put(self, oid: str):
-        self.state.put_lfs(oid, self._body())
+        signature = parse_qs(urlsplit(self.path).query).get("signature", [""])[0]
+        if not hmac.compare_digest(signature, self.server.sign(oid)):  # type: ignore[attr-defined]
+            raise HubError(403, "upload URL not signed by this server: ask the LFS batch endpoint for one")
+        self.state.put_lfs(oid, self._body(MAX_LFS_BYTES))
         self._send(200)
 
     def lfs_verify(self, repo_id: str):
-        body = json.loads(self._body())
-        blob = self.state.blobs / body["oid"]
+        self.state.repo(repo_id, self._user(), write=True)
+        body = self._json()
+        blob = self.state.blobs / check_oid(body["oid"])
         if not blob.is_file() or blob.stat().st_size != body["size"]:
             raise HubError(404, f"object {body['oid']} not found")
         self._send(200, {})
@@ -358,7 +428,7 @@ class _Handler(BaseHTTPRequestHandler):
     def resolve(self, repo_id: str, revision: str, path: str, head: bool = False):
         repo = self.state.repo(repo_id, self.state.user(self._token()))
         sha = self.state.commit_id(repo, revision)
-        entry = repo["commits"][sha]["files"].get(unquote(path))
+        entry = repo["commits"][sha]["files"].get(check_repo_path(unquote(path)))
         if entry is None:
             raise HubError(404, f"Entry not found: {path}", "EntryNotFound")
         headers = {"X-Repo-Commit": sha, "ETag": f'"{_file_oid(entry)}"'}
@@ -370,7 +440,7 @@ class _Handler(BaseHTTPRequestHandler):
     def validate_yaml(self):
         from huggingface_hub.repocard import REGEX_YAML_BLOCK  # what the client splits a card with
 
-        body = json.loads(self._body())
+        body = self._json()
         match = REGEX_YAML_BLOCK.search(body.get("content", ""))
         try:
             data = yaml.safe_load(match.group(2)) if match else {}
@@ -413,11 +483,15 @@ class LocalHub:
                  hook=None):
         """`hook(method, path)` sees every request first; returning "drop" closes the connection without
         an answer (fault injection for tests: the server dying at that request)."""
+        if host not in LOOPBACK_HOSTS:  # it serves a test's tokens and files: never to another machine
+            raise ValueError(f"the local hub binds to loopback only ({', '.join(LOOPBACK_HOSTS)}), not {host!r}")
         self.state = HubState(Path(root), users)
         self.httpd = ThreadingHTTPServer((host, port), _Handler)
         self.httpd.daemon_threads = True
         self.httpd.state = self.state  # type: ignore[attr-defined]
         self.httpd.hook = hook  # type: ignore[attr-defined]
+        secret = os.urandom(32)
+        self.httpd.sign = lambda oid: hmac.new(secret, oid.encode(), hashlib.sha256).hexdigest()  # type: ignore[attr-defined]
         self.thread: threading.Thread | None = None
 
     @property
@@ -445,7 +519,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--root", required=True, help="folder for blobs and state.json")
     parser.add_argument("--user", action="append", default=[], metavar="NAME:TOKEN", help="a user and its token")
-    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--host", default="127.0.0.1", choices=LOOPBACK_HOSTS)
     parser.add_argument("--port", type=int, default=8765)
     args = parser.parse_args(argv)
     users = dict(u.split(":", 1) for u in args.user)
