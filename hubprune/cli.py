@@ -106,6 +106,13 @@ def _common(parser: argparse.ArgumentParser, *, output_help: str, push: bool = F
     group.add_argument("--seed", type=int, default=0, help="random seed [0]")
     group.add_argument("--output", "-o", help=output_help)
     group.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    _trust_option(group)
+
+
+def _trust_option(group) -> None:
+    group.add_argument("--trust-remote-code", action="store_true",
+                       help="let a model that ships its own Python code (auto_map) run it; read that code first. "
+                            "Never needed for hubprune outputs, which load with hubprune's own classes")
 
 
 def _ppl_options(parser: argparse.ArgumentParser) -> None:
@@ -275,6 +282,7 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--revision")
     i.add_argument("--token")
     i.add_argument("--json", action="store_true", help="print JSON instead of text")
+    _trust_option(i)
     return parser
 
 
@@ -290,7 +298,8 @@ def _run(args: argparse.Namespace) -> None:
     elif args.command == "info":
         from .info import format_info, model_info
 
-        info = model_info(args.model, revision=args.revision, token=args.token)
+        info = model_info(args.model, revision=args.revision, token=args.token,
+                          trust_remote_code=args.trust_remote_code)
         print(json.dumps(info, indent=1) if args.json else format_info(info))
     elif args.command == "prune":
         from .pipeline import prune
@@ -304,7 +313,7 @@ def _run(args: argparse.Namespace) -> None:
                        device=args.device, dtype=args.dtype, seed=args.seed, revision=args.revision,
                        token=args.token, ppl=args.ppl, seq_len=args.seq_len, max_windows=args.max_windows,
                        offload=True if args.offload else None, overwrite=args.overwrite, run_dir=args.run_dir,
-                       evaluation=_evaluation(args))
+                       evaluation=_evaluation(args), trust_remote_code=args.trust_remote_code)
         record = result.record
         sparsity = record["sparsity"]
         requested = (f" (requested {sparsity['requested']:.2%} {sparsity['requested_means']})"
@@ -332,7 +341,7 @@ def _run(args: argparse.Namespace) -> None:
         results = evaluate(args.model, ppl=args.ppl, output=args.output, baseline=args.baseline, device=args.device,
                            dtype=args.dtype, revision=args.revision, token=args.token, seq_len=args.seq_len,
                            max_windows=args.max_windows, seed=args.seed, overwrite=args.overwrite,
-                           **_evaluation(args))
+                           trust_remote_code=args.trust_remote_code, **_evaluation(args))
         print(format_results(results))
         if args.output:
             print(f"results: {args.output}/results.json")
@@ -353,7 +362,8 @@ def _push(args: argparse.Namespace) -> None:
                         template=args.template, overwrite=args.overwrite, source_revision=args.source_revision,
                         sparsity=args.sparsity, options=options, device=args.device, dtype=args.dtype,
                         seed=args.seed, ppl=args.ppl, seq_len=args.seq_len, max_windows=args.max_windows,
-                        offload=True if args.offload else None, run_dir=args.run_dir, evaluation=_evaluation(args))]
+                        offload=True if args.offload else None, run_dir=args.run_dir, evaluation=_evaluation(args),
+                        trust_remote_code=args.trust_remote_code)]
     for result in results:
         p = result.published
         if p.dry_run:

@@ -33,6 +33,10 @@ class ModelNotFoundError(HubPruneError):
     """No such repo, revision or local path."""
 
 
+class RemoteCodeError(HubPruneError):
+    """The model ships its own Python code and `--trust-remote-code` was not given."""
+
+
 class GatedRepoAccessError(HubPruneError):
     """The repo is gated and the token has not been granted access."""
 

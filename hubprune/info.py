@@ -6,8 +6,9 @@ from .families import get_family
 from .loading import load_config, parameter_count, resolve_model
 
 
-def model_info(reference: str, *, revision: str | None = None, token: str | None = None) -> dict:
-    source = resolve_model(reference, revision=revision, token=token)
+def model_info(reference: str, *, revision: str | None = None, token: str | None = None,
+               trust_remote_code: bool = False) -> dict:
+    source = resolve_model(reference, revision=revision, token=token, trust_remote_code=trust_remote_code)
     config = load_config(source)
     family = get_family(config.model_type)
     info = {

@@ -3,6 +3,7 @@ fits before loading it, and load it with its tokenizer on the requested device a
 from __future__ import annotations
 
 import errno
+import json
 import logging
 import shutil
 from collections.abc import Callable
@@ -18,6 +19,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, Pretra
 from . import embedded
 from .errors import (
     AuthenticationError,
+    RemoteCodeError,
     GatedRepoAccessError,
     HubPruneError,
     InsufficientResourcesError,
@@ -26,13 +28,16 @@ from .errors import (
     OfflineError,
 )
 from .families import Family, get_family
+from .modeling import OWN_CLASSES, register_own_classes
 from .sequential import ShardReader
 from .surgery import model_class, total_parameters
 
 # What a causal LM needs from a repo: weights (safetensors only), config, tokenizer, generation config.
+# A repo's Python files are fetched only when the user trusts them (--trust-remote-code).
 HUB_FILE_PATTERNS = ["*.safetensors", "*.safetensors.index.json", "config.json", "generation_config.json",
-                     "tokenizer*", "special_tokens_map.json", "*.model", "vocab.*", "merges.txt", "*.py",
+                     "tokenizer*", "special_tokens_map.json", "*.model", "vocab.*", "merges.txt",
                      "README.md"]  # the base model's card: its license is inherited
+CODE_FILE_PATTERNS = ["*.py"]
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 GiB = 1024**3
 logger = logging.getLogger("hubprune")
@@ -49,6 +54,7 @@ class ModelSource:
     revision: str | None = None  # commit hash of the snapshot
     gguf_file: str | None = None
     weight_bytes: int = 0  # on-disk size of the weights
+    trust_remote_code: bool = False  # the user allowed the folder's own Python code to run
 
 
 @dataclass
@@ -108,8 +114,15 @@ def _hub_error(exc: Exception, repo_id: str, revision: str | None) -> HubPruneEr
     raise exc
 
 
-def resolve_model(reference: str, *, revision: str | None = None, token: str | None = None) -> ModelSource:
+def resolve_model(reference: str, *, revision: str | None = None, token: str | None = None,
+                  trust_remote_code: bool = False) -> ModelSource:
     """Turn what the user typed into a local folder, downloading from the Hub when needed."""
+    source = _resolve(reference, revision=revision, token=token, trust_remote_code=trust_remote_code)
+    source.trust_remote_code = trust_remote_code
+    return source
+
+
+def _resolve(reference: str, *, revision: str | None, token: str | None, trust_remote_code: bool) -> ModelSource:
     if reference == embedded.DEFAULT_MODEL:
         path = embedded.default_model_dir()
         return ModelSource(reference, path, repo_id=embedded.DEFAULT_MODEL_NAME, weight_bytes=_weight_bytes(path))
@@ -122,18 +135,19 @@ def resolve_model(reference: str, *, revision: str | None = None, token: str | N
         return ModelSource(reference, local, weight_bytes=_weight_bytes(local))
     if reference.startswith((".", "/", "~")) or reference.count("/") > 1:
         raise ModelNotFoundError(f"no such model folder or file: {reference}")
-    return _download(reference, revision=revision, token=token)
+    patterns = HUB_FILE_PATTERNS + (CODE_FILE_PATTERNS if trust_remote_code else [])
+    return _download(reference, revision=revision, token=token, patterns=patterns)
 
 
-def _download(repo_id: str, *, revision: str | None, token: str | None) -> ModelSource:
+def _download(repo_id: str, *, revision: str | None, token: str | None, patterns: list[str]) -> ModelSource:
     try:
-        _check_download_space(repo_id, revision, token)
-        path = Path(snapshot_download(repo_id, revision=revision, token=token, allow_patterns=HUB_FILE_PATTERNS))
+        _check_download_space(repo_id, revision, token, patterns)
+        path = Path(snapshot_download(repo_id, revision=revision, token=token, allow_patterns=patterns))
     except HubPruneError:
         raise
     except OFFLINE_ERRORS:
         try:  # offline: a cached snapshot is enough
-            path = Path(snapshot_download(repo_id, revision=revision, allow_patterns=HUB_FILE_PATTERNS,
+            path = Path(snapshot_download(repo_id, revision=revision, allow_patterns=patterns,
                                           local_files_only=True))
         except Exception as exc:  # noqa: BLE001 - translated or re-raised by _hub_error
             raise _hub_error(exc, repo_id, revision) from None
@@ -144,11 +158,10 @@ def _download(repo_id: str, *, revision: str | None, token: str | None) -> Model
     return ModelSource(repo_id, path, repo_id=repo_id, revision=path.name, weight_bytes=_weight_bytes(path))
 
 
-def _check_download_space(repo_id: str, revision: str | None, token: str | None) -> None:
+def _check_download_space(repo_id: str, revision: str | None, token: str | None, patterns: list[str]) -> None:
     """Refuse before downloading when the files still to fetch do not fit on the cache's disk."""
     try:
-        files = snapshot_download(repo_id, revision=revision, token=token, allow_patterns=HUB_FILE_PATTERNS,
-                                  dry_run=True)
+        files = snapshot_download(repo_id, revision=revision, token=token, allow_patterns=patterns, dry_run=True)
     except hub_errors.DryRunError:
         return  # offline or no access: the real download reports why
     missing = sum(f.file_size or 0 for f in files if f.will_download)
@@ -167,16 +180,61 @@ def _weight_bytes(folder: Path) -> int:
     return sum(f.stat().st_size for f in folder.glob("*.safetensors"))
 
 
+def read_json(path: Path) -> dict:
+    """A model folder's JSON file, or one line that says which file is broken."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ModelNotFoundError(f"{path} is not valid JSON ({exc}); re-download or repair the model folder") from None
+    if not isinstance(data, dict):
+        raise ModelNotFoundError(f"{path} must hold a JSON object; re-download or repair the model folder")
+    return data
+
+
+def code_trust(source: ModelSource) -> bool:
+    """Whether transformers may run the Python files of `source`'s folder.
+
+    hubprune's own outputs never need to: their classes are this package's (registered with the Auto
+    classes), whatever the folder's .py files say. Anything else that names its own code (`auto_map` in
+    config.json or tokenizer_config.json) is refused unless the user passed --trust-remote-code."""
+    if source.gguf_file:
+        return False
+    config = read_json(source.path / "config.json")
+    if config.get("model_type") in OWN_CLASSES:
+        return False
+    tokenizer_file = source.path / "tokenizer_config.json"
+    tokenizer = read_json(tokenizer_file) if tokenizer_file.is_file() else {}
+    code = sorted({f"{file}: {entry}" for file, data in (("config.json", config), ("tokenizer_config.json", tokenizer))
+                   for entry in _code_references(data.get("auto_map"))})
+    if code and not source.trust_remote_code:
+        raise RemoteCodeError(
+            f"{source.reference} ships its own Python code ({code[0]}{', ...' if len(code) > 1 else ''}), which hubprune "
+            "never runs unless asked: read that code, then pass --trust-remote-code")
+    return bool(code)
+
+
+def _code_references(auto_map) -> list[str]:
+    if isinstance(auto_map, dict):
+        return [str(v) for value in auto_map.values() for v in (value if isinstance(value, list) else [value]) if v]
+    return [str(v) for v in auto_map or [] if v]
+
+
 def load_config(source: ModelSource) -> PretrainedConfig:
     if source.gguf_file:
         return AutoConfig.from_pretrained(source.path, gguf_file=source.gguf_file)
-    return AutoConfig.from_pretrained(source.path, trust_remote_code=True)
+    register_own_classes()
+    trust = code_trust(source)
+    try:
+        return AutoConfig.from_pretrained(source.path, trust_remote_code=trust)
+    except (ValueError, KeyError, TypeError) as exc:  # transformers' own validation of the config's values
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelNotFoundError(f"cannot read {source.path / 'config.json'}: {first}") from None
 
 
 def parameter_count(config: PretrainedConfig) -> int:
     """Exact parameter count of a config's model, from a weightless (meta) instantiation."""
     with torch.device("meta"):
-        return total_parameters(AutoModelForCausalLM.from_config(config, trust_remote_code=True))
+        return total_parameters(model_class(config)._from_config(config))
 
 
 @dataclass
@@ -237,14 +295,16 @@ def preflight(config: PretrainedConfig, dtype: torch.dtype, device: torch.device
 
 def load_model(reference: str, *, device: str = "auto", dtype: str = "auto", revision: str | None = None,
                token: str | None = None, output: Path | None = None, offload: bool | None = False,
-               check: Callable[[PreTrainedModel], None] | None = None) -> LoadedModel:
+               check: Callable[[PreTrainedModel], None] | None = None, trust_remote_code: bool = False) -> LoadedModel:
     """Resolve, check and load a supported causal LM with its tokenizer.
 
     With `offload`, no block is loaded: the model is a weightless skeleton whose blocks
     `sequential.DecoderStack` streams from the safetensors shards one at a time. `offload=None`
     streams only when the model does not fit in memory but one block does. `check` receives the
-    weightless model before any weight is read (e.g. a method refusing an infeasible budget)."""
-    source = resolve_model(reference, revision=revision, token=token)
+    weightless model before any weight is read (e.g. a method refusing an infeasible budget).
+    A model's own Python code (auto_map) runs only with `trust_remote_code`; hubprune's outputs load
+    with this package's classes and need no trust."""
+    source = resolve_model(reference, revision=revision, token=token, trust_remote_code=trust_remote_code)
     config = load_config(source)
     family = get_family(config.model_type)  # refuses unsupported families before loading any weight
     torch_device = resolve_device(device)
@@ -265,14 +325,12 @@ def load_model(reference: str, *, device: str = "auto", dtype: str = "auto", rev
         skeleton = model_class(config)._from_config(config, dtype=torch_dtype)
     if check is not None:
         check(skeleton)
-    kwargs = {"gguf_file": source.gguf_file} if source.gguf_file else {}
-    tokenizer = (AutoTokenizer.from_pretrained(source.path, trust_remote_code=True, **kwargs)
-                 if has_tokenizer(source) else None)
+    kwargs = {"gguf_file": source.gguf_file} if source.gguf_file else {"trust_remote_code": code_trust(source)}
+    tokenizer = AutoTokenizer.from_pretrained(source.path, **kwargs) if has_tokenizer(source) else None
     if offload:
         shards = ShardReader(source.path)
         return LoadedModel(skeleton.eval(), tokenizer, family, source, torch_device, torch_dtype, shards=shards)
-    model = AutoModelForCausalLM.from_pretrained(source.path, dtype=torch_dtype, device_map=torch_device,
-                                                 trust_remote_code=True, **kwargs)
+    model = AutoModelForCausalLM.from_pretrained(source.path, dtype=torch_dtype, device_map=torch_device, **kwargs)
     if source.gguf_file:  # dequantized on load: drop the quantizer so the model behaves as a plain one
         model.hf_quantizer = None
         if hasattr(model.config, "quantization_config"):

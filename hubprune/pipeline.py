@@ -60,6 +60,7 @@ class PruneJob:
     overwrite: bool = False
     run_dir: str | None = None  # where finished steps are kept for resuming [next to the output]
     evaluation: dict = field(default_factory=dict)  # EvalSettings beyond ppl/seq_len/max_windows
+    trust_remote_code: bool = False  # let the source model's own Python code run (never needed for our outputs)
 
     def eval_settings(self) -> EvalSettings:
         return EvalSettings(ppl=self.ppl, seq_len=self.seq_len, max_windows=self.max_windows, **self.evaluation)
@@ -122,7 +123,7 @@ def prune(model: str, method: str = "manual", *, output: str | Path, sparsity: f
           options: dict | None = None, device: str = "auto", dtype: str = "auto", seed: int = 0,
           revision: str | None = None, token: str | None = None, ppl: list[str] | None = None,
           seq_len: int = 2048, max_windows: int | None = None, offload: bool | None = None, overwrite: bool = False,
-          run_dir: str | Path | None = None, evaluation: dict | None = None,
+          run_dir: str | Path | None = None, evaluation: dict | None = None, trust_remote_code: bool = False,
           loaded: LoadedModel | None = None) -> PruneResult:
     """Prune `model` with `method` and write the result to `output` (atomically).
 
@@ -136,7 +137,8 @@ def prune(model: str, method: str = "manual", *, output: str | Path, sparsity: f
     job = PruneJob(model=model, method=method, output=str(output), sparsity=sparsity, options=dict(options or {}),
                    device=device, dtype=dtype, seed=seed, revision=revision, ppl=list(ppl or []),
                    seq_len=seq_len, max_windows=max_windows, offload=offload, overwrite=overwrite,
-                   run_dir=None if run_dir is None else str(run_dir), evaluation=dict(evaluation or {}))
+                   run_dir=None if run_dir is None else str(run_dir), evaluation=dict(evaluation or {}),
+                   trust_remote_code=trust_remote_code)
     job.validate()
     output = Path(output)
     check_output(output, overwrite)  # refuse before any expensive work
@@ -144,7 +146,8 @@ def prune(model: str, method: str = "manual", *, output: str | Path, sparsity: f
     method_impl = get_method(method)
     if loaded is None:
         loaded = load_model(model, device=device, dtype=dtype, revision=revision, token=token, output=output,
-                            offload=offload, check=lambda m: method_impl.check_model(m, sparsity, job.options))
+                            offload=offload, check=lambda m: method_impl.check_model(m, sparsity, job.options),
+                            trust_remote_code=trust_remote_code)
     dense = loaded.model
     settings = job.eval_settings()
     settings.check_in_memory(loaded.shards is not None)
@@ -251,13 +254,14 @@ def _streamed_export(folder: Path, loaded: LoadedModel, plan: PrunePlan, summary
 def evaluate(model: str, *, ppl: list[str] | None = None, output: str | Path | None = None,
              baseline: str | None = "auto", device: str = "auto", dtype: str = "auto", revision: str | None = None,
              token: str | None = None, seq_len: int = 2048, max_windows: int | None = None, seed: int = 0,
-             overwrite: bool = False, **options) -> dict:
+             overwrite: bool = False, trust_remote_code: bool = False, **options) -> dict:
     """Evaluate `model` (a Hub id, a local or pruned folder) and its dense baseline in one run; returns the
     results.json document, also written to `output`/results.json when `output` is given.
 
     `baseline`: 'auto' evaluates the source model recorded in a hubprune output's hubprune.json as
     'dense' (nothing for a model that is not a hubprune output), 'none' skips it, anything else names the
     model to compare with. `options` are the other `EvalSettings` (tasks, speed, ppl_mode, limit, ...).
+    `trust_remote_code` lets the models' own Python code run (hubprune outputs never need it).
     With `output`, finished parts are kept in a run folder next to it, so the same call resumes."""
     settings = EvalSettings(ppl=list(ppl or []), seq_len=seq_len, max_windows=max_windows, **options)
     settings.validate()
@@ -266,7 +270,7 @@ def evaluate(model: str, *, ppl: list[str] | None = None, output: str | Path | N
     results_path = Path(output) / RESULTS_FILENAME if output else None
     if results_path is not None and results_path.exists() and not overwrite:
         raise InvalidOptionError(f"{results_path} already exists; pass --overwrite to replace it")
-    record = _hubprune_record(model, revision, token)
+    record = _hubprune_record(model, revision, token, trust_remote_code)
     dense_reference = baseline_reference(record, baseline)
     roles = [("dense", dense_reference, None)] if dense_reference else []
     roles.append(("pruned" if record else "dense", model, revision))
@@ -279,7 +283,8 @@ def evaluate(model: str, *, ppl: list[str] | None = None, output: str | Path | N
             if role == "dense" and record:  # the source at the revision it was pruned from
                 rev = record["source"].get("revision") if reference == record["source"]["reference"] else None
             try:
-                loaded = load_model(reference, device=device, dtype=dtype, revision=rev, token=token, offload=None)
+                loaded = load_model(reference, device=device, dtype=dtype, revision=rev, token=token, offload=None,
+                                    trust_remote_code=trust_remote_code)
             except HubPruneError as exc:
                 if role == "dense" and record:
                     raise type(exc)(f"{exc} (it is the baseline {model} was pruned from; --baseline none skips it, "
@@ -296,12 +301,12 @@ def evaluate(model: str, *, ppl: list[str] | None = None, output: str | Path | N
     return results
 
 
-def _hubprune_record(model: str, revision: str | None, token: str | None) -> dict | None:
+def _hubprune_record(model: str, revision: str | None, token: str | None, trust_remote_code: bool) -> dict | None:
     """The hubprune.json of `model` when it is a hubprune output (local folder or cached Hub repo)."""
     from .loading import resolve_model
 
     try:
-        path = resolve_model(model, revision=revision, token=token).path
+        path = resolve_model(model, revision=revision, token=token, trust_remote_code=trust_remote_code).path
     except HubPruneError:
         return None  # load_model reports the problem with its own message
     file = Path(path) / RECORD_FILENAME

@@ -77,7 +77,7 @@ def push(model: str | None = None, method: str | None = None, *, repo_id: str, f
 
 
 _JOB_FIELDS = ("sparsity", "options", "device", "dtype", "seed", "revision", "ppl", "seq_len", "max_windows",
-               "offload", "evaluation")
+               "offload", "evaluation", "trust_remote_code")
 
 
 def _job_fields(kwargs: dict) -> dict:
@@ -105,7 +105,7 @@ RECIPE_KEYS = {
     "model": str, "method": str, "sparsity": (float, int, list), "repo_id": str, "options": dict, "ppl": list,
     "evaluation": dict, "device": str, "dtype": str, "seed": int, "source_revision": str, "revision": str,
     "seq_len": int, "max_windows": int, "offload": bool, "private": bool, "commit_message": str,
-    "output": str, "from_dir": str, "no_eval": bool, "template": str, "endpoint": str,
+    "output": str, "from_dir": str, "no_eval": bool, "template": str, "endpoint": str, "trust_remote_code": bool,
 }
 REQUIRED = ("repo_id",)
 RECIPE_EXAMPLE = """\

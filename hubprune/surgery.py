@@ -10,6 +10,7 @@ from collections.abc import Callable
 
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, PretrainedConfig, PreTrainedModel
+from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
 from . import modeling
 from .families import Family, get_family
@@ -162,9 +163,12 @@ def pruned_state_dict(model: PreTrainedModel, plan: PrunePlan, family: Family,
 
 def model_class(config: PretrainedConfig) -> type[PreTrainedModel]:
     """The class for `config`: hubprune's own for the pruned format, else the stock transformers class."""
-    if getattr(config, "auto_map", None) and config.architectures[0] in modeling.__all__:
-        return getattr(modeling, config.architectures[0])
-    return AutoModelForCausalLM._model_mapping[type(config)]
+    if config.model_type in modeling.OWN_CLASSES:
+        return modeling.OWN_CLASSES[config.model_type][1]
+    if type(config) in AutoModelForCausalLM._model_mapping:
+        return AutoModelForCausalLM._model_mapping[type(config)]
+    # a config class of the model's own (trusted) code: the stock model of its model_type
+    return AutoModelForCausalLM._model_mapping[CONFIG_MAPPING[config.model_type]]
 
 
 def build_model(config: PretrainedConfig, state_dict: dict[str, torch.Tensor], *, dtype: torch.dtype,

@@ -17,10 +17,32 @@ from .modeling_hubprune import (
     HubPruneQwen2ForCausalLM,
 )
 
+OWN_CLASSES = {  # model_type -> (config class, model class): the pruned format, loaded with these classes
+    config.model_type: (config, model)
+    for config, model in ((HubPruneLlamaConfig, HubPruneLlamaForCausalLM),
+                          (HubPruneMistralConfig, HubPruneMistralForCausalLM),
+                          (HubPruneQwen2Config, HubPruneQwen2ForCausalLM),
+                          (HubPrunePhi3Config, HubPrunePhi3ForCausalLM),
+                          (HubPruneOPTConfig, HubPruneOPTForCausalLM))
+}
+
+
+def register_own_classes() -> None:
+    """Make transformers' Auto classes load the pruned format with this package's classes, so that a
+    hubprune output never needs (or runs) the Python files in its folder."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    for model_type, (config, model) in OWN_CLASSES.items():
+        AutoConfig.register(model_type, config, exist_ok=True)
+        AutoModelForCausalLM.register(config, model, exist_ok=True)
+
+
 REMOTE_CODE_FILES = tuple(Path(__file__).parent / name for name in ("configuration_hubprune.py", "modeling_hubprune.py"))
 
 __all__ = [
+    "OWN_CLASSES",
     "REMOTE_CODE_FILES",
+    "register_own_classes",
     "HubPruneLlamaConfig",
     "HubPruneMistralConfig",
     "HubPruneQwen2Config",
