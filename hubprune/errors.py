@@ -57,6 +57,14 @@ class OutputExistsError(HubPruneError):
     """The output folder exists and `--overwrite` was not given."""
 
 
+class OutputNotWritableError(HubPruneError):
+    """The output location cannot be written (a file in the path, a read-only disk, no permission)."""
+
+
+class OutputBusyError(HubPruneError):
+    """Another hubprune run is writing the same output (it holds the output's lock)."""
+
+
 class DatasetUnavailableError(HubPruneError):
     """A text corpus cannot be loaded, or is too short for the requested windows."""
 

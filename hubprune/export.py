@@ -1,5 +1,4 @@
-"""Write a pruned model folder atomically: everything goes to a temporary sibling folder that is
-renamed into place only when complete, so a failed or interrupted run leaves no half-written output.
+"""Write a pruned model folder (into the temporary folder `outputs.atomic_folder` renames into place).
 
 Folder contents: safetensors weights (sharded like the source), config.json, the remote-code files
 when the architecture needs them, tokenizer files, `hubprune_plan.json` (the plan, in source
@@ -7,62 +6,23 @@ indices) and `hubprune.json` (every setting and result of the run).
 """
 from __future__ import annotations
 
-import errno
 import json
 import os
 import shutil
-from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 from safetensors.torch import save_file
 from transformers import PretrainedConfig, PreTrainedModel
 
-from .errors import InsufficientResourcesError, OutputExistsError
 from .modeling import REMOTE_CODE_FILES
+from .outputs import RECORD_FILENAME
 from .plan import PLAN_FILENAME, PrunePlan
 from .sequential import SAFETENSORS_INDEX
 from .surgery import prune_block, pruned_outside
 
 DEFAULT_SHARD_BYTES = 2 * 1024**3
 
-RECORD_FILENAME = "hubprune.json"
-
-
-def check_output(output: Path, overwrite: bool) -> None:
-    if output.exists() and not overwrite:
-        raise OutputExistsError(f"{output} already exists; pass --overwrite to replace it, or choose another --output")
-
-
-@contextmanager
-def atomic_folder(output: Path, overwrite: bool):
-    """Yield a temporary folder; on success it replaces `output`, on failure it is removed."""
-    output = Path(output)
-    check_output(output, overwrite)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = output.with_name(f".{output.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    try:
-        yield tmp
-        umask = os.umask(0)
-        os.umask(umask)
-        for path in tmp.rglob("*"):  # some writers create 0600 temp files; outputs are for sharing
-            path.chmod((0o755 if path.is_dir() else 0o644) & ~umask)
-        if output.exists():
-            old = output.with_name(f".{output.name}.old-{os.getpid()}")
-            os.replace(output, old)
-            os.replace(tmp, output)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, output)
-    except OSError as exc:
-        if exc.errno == errno.ENOSPC:
-            raise InsufficientResourcesError(
-                f"disk full while writing {output}; free space or choose --output on a larger disk") from None
-        raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def source_shard_size(source_folder: Path | None) -> int | None:

@@ -21,9 +21,6 @@ from .card import source_license
 from .errors import HubPruneError, InvalidOptionError
 from .evaluation.suite import RESULTS_FILENAME, EvalSettings, Evaluation
 from .export import (
-    RECORD_FILENAME,
-    atomic_folder,
-    check_output,
     save_companions,
     save_model_folder,
     save_streamed_weights,
@@ -31,6 +28,7 @@ from .export import (
     write_json,
 )
 from .loading import LoadedModel, load_model
+from .outputs import RECORD_FILENAME, OutputLock, atomic_folder, check_output, check_writable, recover
 from .methods import PruneContext, get_method
 from .plan import PrunePlan
 from .runs import LayerTensors, RunFolder, default_run_dir
@@ -141,13 +139,22 @@ def prune(model: str, method: str = "manual", *, output: str | Path, sparsity: f
                    trust_remote_code=trust_remote_code)
     job.validate()
     output = Path(output)
-    check_output(output, overwrite)  # refuse before any expensive work
+    check_writable(output)
+    with OutputLock(output):  # one run per output; refused at once while another holds it
+        recover(output)  # what a killed run on this output left behind
+        check_output(output, overwrite)  # refuse before any expensive work
+        return _prune(job, token=token, loaded=loaded)
+
+
+def _prune(job: PruneJob, *, token: str | None, loaded: LoadedModel | None) -> PruneResult:
+    model, method, sparsity, seed, seq_len = job.model, job.method, job.sparsity, job.seed, job.seq_len
+    output, overwrite, run_dir = Path(job.output), job.overwrite, job.run_dir
     seed_everything(seed)
     method_impl = get_method(method)
     if loaded is None:
-        loaded = load_model(model, device=device, dtype=dtype, revision=revision, token=token, output=output,
-                            offload=offload, check=lambda m: method_impl.check_model(m, sparsity, job.options),
-                            trust_remote_code=trust_remote_code)
+        loaded = load_model(model, device=job.device, dtype=job.dtype, revision=job.revision, token=token,
+                            output=output, offload=job.offload, check=lambda m: method_impl.check_model(m, sparsity, job.options),
+                            trust_remote_code=job.trust_remote_code)
     dense = loaded.model
     settings = job.eval_settings()
     settings.check_in_memory(loaded.shards is not None)
@@ -276,9 +283,13 @@ def evaluate(model: str, *, ppl: list[str] | None = None, output: str | Path | N
     roles.append(("pruned" if record else "dense", model, revision))
     key = {"model": model, "revision": revision, "baseline": roles[0][1], "settings": asdict(settings),
            "dtype": dtype, "seed": seed, "hubprune": __version__}
-    run = RunFolder(default_run_dir(results_path.parent), key) if results_path else contextlib.nullcontext()
+    if results_path is not None:
+        check_writable(results_path)
+    lock = OutputLock(results_path.parent) if results_path else contextlib.nullcontext()
     seed_everything(seed)
-    with run, Evaluation(settings, run=run if results_path else None, seed=seed) as evaluation:
+    with lock, contextlib.ExitStack() as stack:
+        run = stack.enter_context(RunFolder(default_run_dir(results_path.parent), key)) if results_path else None
+        evaluation = stack.enter_context(Evaluation(settings, run=run, seed=seed))
         for role, reference, rev in roles:
             if role == "dense" and record:  # the source at the revision it was pruned from
                 rev = record["source"].get("revision") if reference == record["source"]["reference"] else None

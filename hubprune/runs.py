@@ -5,7 +5,8 @@ It sits next to the output (`.NAME.hubprune-run/` for output `NAME`, or `--run-d
 method's selection (plan and report), and whatever checkpoints a method writes as it goes (EvoPress
 saves its population every generation). Running the same command again reuses those files; a run with
 other settings starts afresh; a successful run deletes the folder, and so does a failed one that had
-finished nothing.
+finished nothing. A run folder carries a marker file (`MARKER`) written when hubprune creates it; a
+folder without one (a user's folder given as --run-dir) is refused, never emptied or deleted.
 """
 from __future__ import annotations
 
@@ -15,15 +16,17 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
+from .errors import InvalidOptionError
 from .export import write_json
 
 log = logging.getLogger("hubprune")
 
 JOB_FILE = "job.json"
+MARKER = ".hubprune-run"  # written when hubprune creates the folder: only such a folder is ever deleted
 
 
 def default_run_dir(output: str | Path) -> Path:
-    output = Path(output)
+    output = Path(output).absolute()  # `.` has no name to put a sibling next to
     return output.with_name(f".{output.name}.hubprune-run")
 
 
@@ -35,6 +38,10 @@ class RunFolder:
         self.key = json.loads(json.dumps(key, default=str))  # as it reads back from disk
         job_file = self.path / JOB_FILE
         self.resumed = False
+        if self.path.exists() and not (self.path / MARKER).is_file():
+            if not self.path.is_dir() or any(self.path.iterdir()):
+                raise InvalidOptionError(f"run folder {self.path} exists and was not made by hubprune; it is never "
+                                         "emptied or deleted: choose another --run-dir")
         if job_file.is_file():
             if json.loads(job_file.read_text()) == self.key:
                 self.resumed = True
@@ -43,6 +50,7 @@ class RunFolder:
                 log.warning("%s belongs to a run with other settings; starting afresh", self.path)
                 shutil.rmtree(self.path)
         self.path.mkdir(parents=True, exist_ok=True)
+        (self.path / MARKER).write_text("made by hubprune; deleted when the run succeeds\n")
         write_json(job_file, self.key)
 
     def file(self, name: str) -> Path:
