@@ -18,6 +18,7 @@ from transformers import PretrainedConfig, PreTrainedModel
 from .modeling import REMOTE_CODE_FILES
 from .outputs import RECORD_FILENAME
 from .plan import PLAN_FILENAME, PrunePlan
+from .privacy import public
 from .sequential import SAFETENSORS_INDEX
 from .surgery import prune_block, pruned_outside
 
@@ -49,7 +50,7 @@ def save_companions(folder: Path, config: PretrainedConfig, tokenizer, *, plan: 
         tokenizer.save_pretrained(folder)
     plan.save(folder / PLAN_FILENAME)
     if record is not None:
-        write_json(folder / RECORD_FILENAME, record)
+        write_json(folder / RECORD_FILENAME, public(record))
 
 
 class ShardWriter:

@@ -31,6 +31,7 @@ from .loading import LoadedModel, load_model
 from .outputs import RECORD_FILENAME, OutputLock, atomic_folder, check_output, check_writable, recover
 from .methods import PruneContext, get_method
 from .plan import PrunePlan
+from .privacy import public
 from .runs import LayerTensors, RunFolder, default_run_dir
 from .sequential import ShardReader
 from .surgery import apply_plan, decoder_parameters, model_class, plan_limits, pruned_config, total_parameters
@@ -177,12 +178,13 @@ def _prune(job: PruneJob, *, token: str | None, loaded: LoadedModel | None) -> P
         plan, context.report, select_seconds = PrunePlan.from_dict(selection["plan"]), selection["report"], selection["seconds"]
         restored = context.restored if context.restored else None  # weights a method refitted, by layer
         dense_counts = {"total": total_parameters(dense), "decoder": decoder_parameters(dense)}
-        summary = {"hubprune_version": __version__, "method": method, "source": loaded.source.repo_id or str(model),
+        summary = {"hubprune_version": __version__, "method": method, "source": loaded.source.repo_id or public(model),
                    "source_revision": loaded.source.revision, "sparsity_requested": sparsity,
                    "sparsity_requested_means": method_impl.sparsity_means}
         record = {
             "hubprune_version": __version__,
-            "job": asdict(job),
+            "job": {**asdict(job), "output": output.name, "run_dir": run_dir and Path(run_dir).name},
+            "job_key": job.resume_key(),  # what `push` compares to tell whether a folder holds a job's result
             "source": {"reference": loaded.source.reference, "repo_id": loaded.source.repo_id,
                        "revision": loaded.source.revision, "model_type": dense.config.model_type,
                        "dtype": str(loaded.dtype).removeprefix("torch."),
@@ -202,7 +204,7 @@ def _prune(job: PruneJob, *, token: str | None, loaded: LoadedModel | None) -> P
             summary.update(sparsity_achieved=round(achieved, 6), parameters_dense=dense_counts["total"],
                            parameters_pruned=pruned_counts["total"])
             if settings:
-                evaluation.add("pruned", pruned_loaded, str(output))
+                evaluation.add("pruned", pruned_loaded, output.name)
             record.update(
                 architecture="hubprune remote code" if getattr(pruned_model.config, "auto_map", None) else "stock transformers",
                 sparsity={"definition": SPARSITY_DEFINITION, "requested": sparsity,
@@ -231,12 +233,12 @@ def _prune(job: PruneJob, *, token: str | None, loaded: LoadedModel | None) -> P
                 pruned_loaded.model.config.save_pretrained(folder)  # now that `summary` holds the counts
                 save_companions(folder, pruned_loaded.model.config, loaded.tokenizer, plan=normalized, record=record)
                 _save_results(folder, record)
-    return PruneResult(output, record, pruned)
+    return PruneResult(output, public(record), pruned)
 
 
 def _save_results(folder: Path, record: dict) -> None:
     if record["evaluation"]:
-        write_json(folder / RESULTS_FILENAME, record["evaluation"])
+        write_json(folder / RESULTS_FILENAME, public(record["evaluation"]))
 
 
 def _in_memory(model, like: LoadedModel) -> LoadedModel:
@@ -329,7 +331,13 @@ def baseline_reference(record: dict | None, baseline: str | None) -> str | None:
         return None
     if baseline != "auto":
         return baseline
-    return record["source"]["reference"] if record else None
+    if not record:
+        return None
+    source = record["source"]
+    if not source.get("repo_id") and source.get("reference") != "default":
+        raise InvalidOptionError(f"this model was pruned from the local model {source.get('reference')!r}, whose path "
+                                 "is not recorded (outputs name no local paths): pass --baseline PATH, or --baseline none")
+    return source["reference"]
 
 
 def _release_memory() -> None:

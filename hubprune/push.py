@@ -11,6 +11,7 @@ import yaml
 
 from .card import validate_card, write_card
 from .errors import InvalidOptionError, OutputExistsError
+from .privacy import public
 from .hub import PublishResult, check_repo_id, hub_api, publish_folder, resolve_token, whoami
 
 log = logging.getLogger("hubprune")
@@ -92,11 +93,8 @@ def _same_job(folder: Path, job) -> bool:
     record = folder / "hubprune.json"
     if not record.is_file():
         return False
-    from .pipeline import PruneJob
-
-    saved = json.loads(record.read_text())["job"]
-    known = {k: v for k, v in saved.items() if k in PruneJob.__dataclass_fields__}
-    return json.loads(json.dumps(PruneJob(**known).resume_key())) == json.loads(json.dumps(job.resume_key()))
+    saved = json.loads(record.read_text()).get("job_key")
+    return saved is not None and saved == json.loads(json.dumps(public(job.resume_key()), default=str))
 
 
 # --- recipes --------------------------------------------------------------------------------------------

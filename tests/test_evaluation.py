@@ -161,7 +161,7 @@ def pruned_tiny(tmp_path_factory):
 def test_eval_measures_dense_and_pruned_in_one_run_and_resumes(pruned_tiny, tmp_path, monkeypatch):
     task = _write_task(tmp_path)  # lm-eval on the exported remote-code model as well
     options = dict(ppl=["default"], seq_len=32, max_windows=2, speed=True, speed_tokens=16, device="cpu",
-                   tasks=[str(task)], limit=4)
+                   tasks=[str(task)], limit=4, baseline=str(pruned_tiny / "dense"))  # a local source is not recorded
     calls = []
     original = speed_module.measure_speed
 
