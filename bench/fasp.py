@@ -23,7 +23,7 @@ import torch
 from transformers import AutoModelForCausalLM, OPTConfig
 
 from hubprune.data import calibration_windows, load_corpus, token_windows
-from hubprune.evaluation import perplexity
+from hubprune.evaluation.perplexity import perplexity
 from hubprune.families import get_family
 from hubprune.loading import LoadedModel, ModelSource, load_model, resolve_device
 from hubprune.methods.fasp import module_counts, widths

@@ -83,8 +83,8 @@ def recipe(job: dict, repo_id: str | None = None) -> dict:
     """The `hubprune push --recipe` entry that repeats this run: the settings that differ from the defaults."""
     from dataclasses import MISSING, asdict, fields
 
-    from .evaluation.suite import EvalSettings
-    from .pipeline import PruneJob
+    from .evaluation.settings import EvalSettings
+    from .job import PruneJob
 
     defaults = {f.name: f.default for f in fields(PruneJob) if f.default is not MISSING}
     entry = {"model": job["model"], "method": job["method"], "sparsity": job.get("sparsity"), "repo_id": repo_id}
@@ -118,7 +118,15 @@ def command(job: dict) -> str:
 
 def _load(folder: Path, name: str) -> dict | None:
     file = folder / name
-    return json.loads(file.read_text()) if file.is_file() else None
+    if not file.is_file():
+        return None
+    try:
+        data = json.loads(file.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InvalidOptionError(f"{file} is not valid JSON ({exc}); it is written by hubprune: prune again") from None
+    if not isinstance(data, dict):
+        raise InvalidOptionError(f"{file} must hold a JSON object; it is written by hubprune: prune again")
+    return data
 
 
 def eval_results(results: dict | None) -> list:

@@ -287,8 +287,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _run(args: argparse.Namespace) -> None:
-    from .evaluation.report import format_results
-
     if args.command == "methods":
         from .methods import METHODS
 
@@ -296,24 +294,31 @@ def _run(args: argparse.Namespace) -> None:
         for name in sorted(METHODS):
             print(f"{name:<{width}}  {METHODS[name].summary}")
     elif args.command == "info":
+        from .job import check_model_reference
+
+        check_model_reference(args.model)  # before torch is imported
         from .info import format_info, model_info
 
         info = model_info(args.model, revision=args.revision, token=args.token,
                           trust_remote_code=args.trust_remote_code)
         print(json.dumps(info, indent=1) if args.json else format_info(info))
     elif args.command == "prune":
-        from .pipeline import prune
+        from .job import PruneJob
 
         if not args.output:
             raise InvalidOptionError("prune needs --output DIR")
         if not args.method:
             raise InvalidOptionError("prune needs --method (see `hubprune methods`)")
-        options = {key: getattr(args, key) for key in METHOD_OPTIONS}
-        result = prune(args.model, args.method, output=args.output, sparsity=args.sparsity, options=options,
-                       device=args.device, dtype=args.dtype, seed=args.seed, revision=args.revision,
-                       token=args.token, ppl=args.ppl, seq_len=args.seq_len, max_windows=args.max_windows,
-                       offload=True if args.offload else None, overwrite=args.overwrite, run_dir=args.run_dir,
-                       evaluation=_evaluation(args), trust_remote_code=args.trust_remote_code)
+        job = PruneJob(model=args.model, method=args.method, output=args.output, sparsity=args.sparsity,
+                       options={key: getattr(args, key) for key in METHOD_OPTIONS}, device=args.device,
+                       dtype=args.dtype, seed=args.seed, revision=args.revision, ppl=args.ppl, seq_len=args.seq_len,
+                       max_windows=args.max_windows, offload=True if args.offload else None,
+                       overwrite=args.overwrite, run_dir=args.run_dir, evaluation=_evaluation(args),
+                       trust_remote_code=args.trust_remote_code)
+        job.validate()  # before torch is imported: a bad option is refused at once
+        from .pipeline import run_job
+
+        result = run_job(job, token=args.token)
         record = result.record
         sparsity = record["sparsity"]
         requested = (f" (requested {sparsity['requested']:.2%} {sparsity['requested_means']})"
@@ -324,6 +329,8 @@ def _run(args: argparse.Namespace) -> None:
         if record["method_report"].get("summary"):
             print(f"{args.method}: {record['method_report']['summary']}")
         if record["evaluation"]:
+            from .evaluation.report import format_results
+
             print(format_results(record["evaluation"]))
         print(f"output: {result.output}  ({record['architecture']})")
     elif args.command == "push":
@@ -336,12 +343,22 @@ def _run(args: argparse.Namespace) -> None:
             validate_card(args.folder, args.endpoint)
         print(f"model card: {path}" + (" (validated by the Hub)" if args.validate else ""))
     elif args.command == "eval":
+        from .evaluation.settings import EvalSettings
+        from .job import check_model_reference
+
+        settings = EvalSettings(ppl=args.ppl, seq_len=args.seq_len, max_windows=args.max_windows, **_evaluation(args))
+        settings.validate()
+        check_model_reference(args.model)
+        if not settings:
+            raise InvalidOptionError("nothing to evaluate: pass --ppl CORPORA, --tasks TASKS and/or --speed")
         from .pipeline import evaluate
 
         results = evaluate(args.model, ppl=args.ppl, output=args.output, baseline=args.baseline, device=args.device,
                            dtype=args.dtype, revision=args.revision, token=args.token, seq_len=args.seq_len,
                            max_windows=args.max_windows, seed=args.seed, overwrite=args.overwrite,
                            trust_remote_code=args.trust_remote_code, **_evaluation(args))
+        from .evaluation.report import format_results
+
         print(format_results(results))
         if args.output:
             print(f"results: {args.output}/results.json")
@@ -375,6 +392,30 @@ def _push(args: argparse.Namespace) -> None:
             print(f"{p.url} (branch {p.revision}) already holds this result: no new commit")
 
 
+MEMORY_ADVICE = ("use --offload (one block at a time), --dtype bfloat16, smaller batches (--stage2-batch, "
+                 "--evopress-batch, --batch-size, --speed-batch) or fewer --calib-samples")
+
+
+def _resource_message(exc: BaseException) -> str | None:
+    """One line for running out of GPU memory, RAM or disk in the middle of a job (checked before it
+    starts, but estimates are estimates)."""
+    if type(exc).__name__ == "OutOfMemoryError":  # torch.OutOfMemoryError, without importing torch here
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else "CUDA out of memory"
+        torch = sys.modules.get("torch")
+        usage = ""
+        if torch is not None and torch.cuda.is_available():
+            free, total = torch.cuda.mem_get_info()
+            usage = f"; {free / 2**30:.1f} of {total / 2**30:.1f} GiB free now"
+        return f"the GPU ran out of memory ({first[:200]}{usage}): {MEMORY_ADVICE}"
+    if isinstance(exc, MemoryError):
+        return f"the machine ran out of RAM: {MEMORY_ADVICE}"
+    from .outputs import disk_full
+
+    if disk_full(exc):
+        return "the disk is full: free space, or choose --output (and HF_HOME for downloads) on a larger disk"
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(format="hubprune: %(message)s", level=logging.WARNING)
@@ -382,6 +423,12 @@ def main(argv: list[str] | None = None) -> int:
         _run(args)
     except HubPruneError as exc:
         print(f"hubprune: error: {exc}", file=sys.stderr)
+        return 2
+    except Exception as exc:  # noqa: BLE001 - resource exhaustion is the user's to fix; anything else is a bug
+        message = _resource_message(exc)
+        if message is None:
+            raise
+        print(f"hubprune: error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("hubprune: interrupted; nothing was written to the output (run the same command again to resume)",

@@ -37,6 +37,10 @@ class RemoteCodeError(HubPruneError):
     """The model ships its own Python code and `--trust-remote-code` was not given."""
 
 
+class DamagedModelError(HubPruneError):
+    """A model file is truncated or corrupt (an interrupted download or copy)."""
+
+
 class GatedRepoAccessError(HubPruneError):
     """The repo is gated and the token has not been granted access."""
 

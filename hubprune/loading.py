@@ -19,6 +19,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, Pretra
 from . import embedded
 from .errors import (
     AuthenticationError,
+    DamagedModelError,
     RemoteCodeError,
     GatedRepoAccessError,
     HubPruneError,
@@ -28,6 +29,7 @@ from .errors import (
     OfflineError,
 )
 from .families import Family, get_family
+from .job import check_model_reference
 from .modeling import OWN_CLASSES, register_own_classes
 from .sequential import ShardReader
 from .surgery import model_class, total_parameters
@@ -126,15 +128,11 @@ def _resolve(reference: str, *, revision: str | None, token: str | None, trust_r
     if reference == embedded.DEFAULT_MODEL:
         path = embedded.default_model_dir()
         return ModelSource(reference, path, repo_id=embedded.DEFAULT_MODEL_NAME, weight_bytes=_weight_bytes(path))
-    local = Path(reference).expanduser()
-    if local.is_file() and local.suffix == ".gguf":
+    local = check_model_reference(reference)
+    if local is not None and local.suffix == ".gguf":
         return ModelSource(reference, local.parent, gguf_file=local.name, weight_bytes=local.stat().st_size)
-    if local.is_dir():
-        if not (local / "config.json").is_file():
-            raise ModelNotFoundError(f"{local} is a folder but holds no config.json; point to a model folder")
+    if local is not None:
         return ModelSource(reference, local, weight_bytes=_weight_bytes(local))
-    if reference.startswith((".", "/", "~")) or reference.count("/") > 1:
-        raise ModelNotFoundError(f"no such model folder or file: {reference}")
     patterns = HUB_FILE_PATTERNS + (CODE_FILE_PATTERNS if trust_remote_code else [])
     return _download(reference, revision=revision, token=token, patterns=patterns)
 
@@ -178,6 +176,20 @@ def _check_download_space(repo_id: str, revision: str | None, token: str | None,
 
 def _weight_bytes(folder: Path) -> int:
     return sum(f.stat().st_size for f in folder.glob("*.safetensors"))
+
+
+def check_weights(source: ModelSource) -> None:
+    """Read every safetensors header (not the tensors): a truncated or corrupt file is refused in one
+    line before anything is loaded, instead of failing deep inside a load or a stream."""
+    from safetensors import SafetensorError, safe_open
+
+    for file in sorted(source.path.glob("*.safetensors")) if not source.gguf_file else []:
+        try:
+            with safe_open(file, framework="pt"):
+                pass
+        except (SafetensorError, OSError) as exc:
+            raise DamagedModelError(f"{file} is damaged or incomplete ({exc}); delete it and download or copy it "
+                                    "again") from None
 
 
 def read_json(path: Path) -> dict:
@@ -305,6 +317,7 @@ def load_model(reference: str, *, device: str = "auto", dtype: str = "auto", rev
     A model's own Python code (auto_map) runs only with `trust_remote_code`; hubprune's outputs load
     with this package's classes and need no trust."""
     source = resolve_model(reference, revision=revision, token=token, trust_remote_code=trust_remote_code)
+    check_weights(source)
     config = load_config(source)
     family = get_family(config.model_type)  # refuses unsupported families before loading any weight
     torch_device = resolve_device(device)

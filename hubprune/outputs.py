@@ -126,6 +126,14 @@ def recover(output: Path) -> None:
             os.replace(old, output)
 
 
+def disk_full(exc: BaseException) -> bool:
+    """ENOSPC, whether as an OSError or as the plain Exception that Rust writers (tokenizers,
+    safetensors) raise with the OS message in its text."""
+    if isinstance(exc, OSError):
+        return exc.errno == errno.ENOSPC
+    return "No space left on device" in str(exc) or "os error 28" in str(exc)
+
+
 @contextmanager
 def atomic_folder(output: Path, overwrite: bool):
     """Yield a temporary folder; on success it replaces `output`, on failure it is removed."""
@@ -149,11 +157,11 @@ def atomic_folder(output: Path, overwrite: bool):
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(tmp, output)
-    except OSError as exc:
-        if exc.errno == errno.ENOSPC:
+    except Exception as exc:
+        if disk_full(exc):
             raise InsufficientResourcesError(
                 f"disk full while writing {output}; free space or choose --output on a larger disk") from None
-        if exc.errno in (errno.EACCES, errno.EROFS, errno.EPERM):
+        if isinstance(exc, OSError) and exc.errno in (errno.EACCES, errno.EROFS, errno.EPERM):
             raise OutputNotWritableError(f"cannot write {output}: {exc.strerror}; choose another --output") from None
         raise
     finally:

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import contextlib
 import gc
-import hashlib
 import json
 import platform
 import random
 import shutil
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -19,7 +18,9 @@ import transformers
 from . import __version__
 from .card import source_license
 from .errors import HubPruneError, InvalidOptionError
-from .evaluation.suite import RESULTS_FILENAME, EvalSettings, Evaluation
+from .evaluation.settings import RESULTS_FILENAME, EvalSettings
+from .evaluation.suite import Evaluation
+from .job import PruneJob
 from .export import (
     save_companions,
     save_model_folder,
@@ -37,59 +38,6 @@ from .sequential import ShardReader
 from .surgery import apply_plan, decoder_parameters, model_class, plan_limits, pruned_config, total_parameters
 
 SPARSITY_DEFINITION = "removed fraction of decoder-layer parameters (embeddings, lm_head and final norm excluded)"
-
-
-@dataclass
-class PruneJob:
-    """Every setting of a prune run; recorded verbatim in the output's hubprune.json."""
-
-    model: str
-    method: str
-    output: str
-    sparsity: float | None = None
-    options: dict = field(default_factory=dict)  # method-specific options
-    device: str = "auto"
-    dtype: str = "auto"
-    seed: int = 0
-    revision: str | None = None
-    ppl: list[str] = field(default_factory=list)  # corpora to evaluate dense and pruned on
-    seq_len: int = 2048
-    max_windows: int | None = None
-    offload: bool | None = None  # stream blocks from the shards: True always, None when the model does not fit
-    overwrite: bool = False
-    run_dir: str | None = None  # where finished steps are kept for resuming [next to the output]
-    evaluation: dict = field(default_factory=dict)  # EvalSettings beyond ppl/seq_len/max_windows
-    trust_remote_code: bool = False  # let the source model's own Python code run (never needed for our outputs)
-
-    def eval_settings(self) -> EvalSettings:
-        return EvalSettings(ppl=self.ppl, seq_len=self.seq_len, max_windows=self.max_windows, **self.evaluation)
-
-    def resume_key(self) -> dict:
-        """The settings a run folder's saved steps depend on (not where the output goes)."""
-        key = {k: v for k, v in asdict(self).items() if k not in ("output", "overwrite", "run_dir")}
-        plan = self.options.get("plan")
-        if plan and Path(plan).is_file():  # an edited plan file is a different job
-            key["plan_sha256"] = hashlib.sha256(Path(plan).read_bytes()).hexdigest()
-        return key
-
-    def validate(self) -> None:
-        method = get_method(self.method)
-        if self.sparsity is not None and not 0 < self.sparsity < 1:
-            raise InvalidOptionError(f"--sparsity {self.sparsity}: must be a fraction strictly between 0 and 1, e.g. 0.3")
-        if method.takes_sparsity and self.sparsity is None:
-            raise InvalidOptionError(f"--method {self.method} needs --sparsity (a fraction between 0 and 1)")
-        if not method.takes_sparsity and self.sparsity is not None:
-            raise InvalidOptionError(f"--method {self.method} takes no --sparsity: {method.summary}")
-        unknown = sorted(k for k, v in self.options.items() if v is not None and k not in method.options)
-        if unknown:
-            raise InvalidOptionError(f"--{unknown[0].replace('_', '-')} does not apply to --method {self.method}")
-        method.check_options(self.options)
-        if self.seq_len < 2:
-            raise InvalidOptionError("--seq-len must be at least 2")
-        try:
-            self.eval_settings().validate()
-        except TypeError as exc:
-            raise InvalidOptionError(f"unknown evaluation option: {exc}") from None
 
 
 @dataclass
@@ -138,12 +86,17 @@ def prune(model: str, method: str = "manual", *, output: str | Path, sparsity: f
                    seq_len=seq_len, max_windows=max_windows, offload=offload, overwrite=overwrite,
                    run_dir=None if run_dir is None else str(run_dir), evaluation=dict(evaluation or {}),
                    trust_remote_code=trust_remote_code)
+    return run_job(job, token=token, loaded=loaded)
+
+
+def run_job(job: PruneJob, *, token: str | None = None, loaded: LoadedModel | None = None) -> PruneResult:
+    """Run a prune job (what `prune` and the CLI do): validate it, take the output's lock, prune."""
     job.validate()
-    output = Path(output)
+    output = Path(job.output)
     check_writable(output)
     with OutputLock(output):  # one run per output; refused at once while another holds it
         recover(output)  # what a killed run on this output left behind
-        check_output(output, overwrite)  # refuse before any expensive work
+        check_output(output, job.overwrite)  # refuse before any expensive work
         return _prune(job, token=token, loaded=loaded)
 
 
@@ -346,4 +299,4 @@ def _release_memory() -> None:
         torch.cuda.empty_cache()
 
 
-__all__ = ["RECORD_FILENAME", "RESULTS_FILENAME", "PruneJob", "PruneResult", "evaluate", "prune"]
+__all__ = ["RECORD_FILENAME", "RESULTS_FILENAME", "PruneJob", "PruneResult", "evaluate", "prune", "run_job"]

@@ -21,6 +21,7 @@ that made it as `hubprune_plan.json`.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,6 +32,52 @@ from .errors import PlanError
 PLAN_FILENAME = "hubprune_plan.json"
 PLAN_KEYS = ("keep_ffn_neurons", "skip_attention", "skip_mlp", "drop_blocks", "keep_value_channels", "residual_width")
 _LAYER_LISTS = ("skip_attention", "skip_mlp", "drop_blocks")
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _list(value, where: str) -> list:
+    if not isinstance(value, list):
+        raise PlanError(f"{where} must be a list, not {value!r}")
+    return value
+
+
+def _indices(value, where: str) -> list[int]:
+    """A list of whole numbers, taken as they are: 1.9 or true is an error, never layer 1."""
+    bad = next((v for v in _list(value, where) if not _is_int(v)), None)
+    if bad is not None:
+        raise PlanError(f"{where}: {bad!r} is not a whole number; plan indices must be integers")
+    return list(value)
+
+
+def _layer(key, where: str) -> int:
+    """A layer key: an integer, or its decimal string as JSON keys are ("0", never "00" or "1.0")."""
+    if _is_int(key):
+        return key
+    if isinstance(key, str) and re.fullmatch(r"0|[1-9][0-9]*", key):
+        return int(key)
+    raise PlanError(f"{where}: layer key {key!r} is not a layer index (write 0, 1, 2, ...)")
+
+
+def _unique_keys(pairs: list[tuple]) -> dict:
+    keys = [k for k, _ in pairs]
+    duplicate = next((k for k in keys if keys.count(k) > 1), None)
+    if duplicate is not None:
+        raise PlanError(f"key {duplicate!r} appears twice")
+    return dict(pairs)
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, refusing a mapping that repeats a key (PyYAML keeps the last silently)."""
+
+    def construct_mapping(self, node, deep=False):
+        keys = [self.construct_object(key, deep=deep) for key, _ in node.value]
+        duplicate = next((k for k in keys if keys.count(k) > 1), None)
+        if duplicate is not None:
+            raise PlanError(f"key {duplicate!r} appears twice (line {node.start_mark.line + 1})")
+        return super().construct_mapping(node, deep=deep)
 
 
 @dataclass
@@ -57,13 +104,16 @@ class PrunePlan:
         if not isinstance(values, dict):
             raise PlanError('keep_value_channels must map a layer index to one list of channels per KV group, '
                             'e.g. {"0": [[0, 3], [1, 2]]}')
-        try:
-            keep_ffn = {int(layer): [int(i) for i in idx] for layer, idx in keep.items()}
-            keep_values = {int(layer): [[int(c) for c in group] for group in groups] for layer, groups in values.items()}
-            lists = {k: [int(i) for i in (data.get(k) or [])] for k in _LAYER_LISTS}
-            width = None if data.get("residual_width") is None else int(data["residual_width"])
-        except (TypeError, ValueError) as exc:
-            raise PlanError(f"plan indices must be integers ({exc})") from None
+        keep_ffn = {_layer(k, "keep_ffn_neurons"): _indices(v, f"keep_ffn_neurons[{k}]") for k, v in keep.items()}
+        keep_values = {_layer(k, "keep_value_channels"): [_indices(g, f"keep_value_channels[{k}]") for g in
+                                                          _list(groups, f"keep_value_channels[{k}]")]
+                       for k, groups in values.items()}
+        lists = {k: _indices(data.get(k) or [], k) for k in _LAYER_LISTS}
+        width = data.get("residual_width")
+        if width is not None and not _is_int(width):
+            raise PlanError(f"residual_width must be a whole number, not {width!r}")
+        if len(keep_ffn) != len(keep) or len(keep_values) != len(values):
+            raise PlanError("a layer is listed twice (e.g. as 0 and \"0\")")
         return cls(keep_ffn_neurons=keep_ffn, keep_value_channels=keep_values, residual_width=width, **lists)
 
     @classmethod
@@ -71,10 +121,13 @@ class PrunePlan:
         path = Path(path)
         if not path.is_file():
             raise PlanError(f"plan file {path} does not exist")
-        text = path.read_text()
         try:
-            data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
-        except (json.JSONDecodeError, yaml.YAMLError) as exc:
+            text = path.read_text(encoding="utf-8")
+            data = (json.loads(text, object_pairs_hook=_unique_keys) if path.suffix == ".json"
+                    else yaml.load(text, Loader=_UniqueKeyLoader))  # noqa: S506 - a SafeLoader subclass
+        except UnicodeDecodeError as exc:
+            raise PlanError(f"plan file {path} is not UTF-8 text (byte {exc.start}); save it as UTF-8") from None
+        except (json.JSONDecodeError, yaml.YAMLError, PlanError) as exc:
             raise PlanError(f"cannot parse plan file {path}: {str(exc).splitlines()[0]}") from None
         return cls.from_dict(data)
 

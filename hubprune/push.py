@@ -39,12 +39,10 @@ def push(model: str | None = None, method: str | None = None, *, repo_id: str, f
     card and upload it to `repo_id` on branch `revision` (`source_revision` is the model's). `prune_kwargs` go to `pipeline.prune` (sparsity, options, device,
     ppl, evaluation, ...). Nothing is uploaded unless every step before succeeded; the token is checked
     before any pruning starts."""
-    from .pipeline import PruneJob, prune
+    from .job import PruneJob
 
     check_repo_id(repo_id)
-    if not dry_run:
-        whoami(hub_api(resolve_token(token), endpoint))  # fail now, not after an hour of pruning
-    pruned = False
+    job = None
     if from_dir is not None:
         folder = Path(from_dir)
         if not (folder / "hubprune.json").is_file():
@@ -61,12 +59,18 @@ def push(model: str | None = None, method: str | None = None, *, repo_id: str, f
         folder = Path(output) if output else Path(repo_id.split("/")[-1])
         prune_kwargs["revision"] = source_revision
         job = PruneJob(model=model, method=method, output=str(folder), **_job_fields(prune_kwargs))
-        job.validate()
+        job.validate()  # options first: offline and instant
+    # The token before any pruning (a dry run too: it is everything but the upload).
+    whoami(hub_api(resolve_token(token), endpoint))
+    pruned = False
+    if job is not None:
         if _same_job(folder, job) and not overwrite:
             log.warning("%s already holds this pruning job's result; publishing it as it is", folder)
         else:
             if folder.exists() and not overwrite:
                 raise OutputExistsError(f"{folder} exists and holds another result; pass --overwrite or another --output")
+            from .pipeline import prune
+
             prune(model, method, output=folder, overwrite=overwrite, **prune_kwargs)
             pruned = True
     write_card(folder, repo_id=repo_id, template=template)

@@ -116,7 +116,7 @@ def test_blockpruner_equals_brute_force_greedy_search(embedded_model, tmp_path):
     """One round (attention, then MLP) on one 64-token window, against the stock model with the chosen
     sub-modules bypassed by output hooks and a whole-model forward per candidate."""
     from hubprune.data import calibration_windows
-    from hubprune.evaluation import perplexity
+    from hubprune.evaluation.perplexity import perplexity
 
     result = hubprune.prune("default", "blockpruner", sparsity=0.03, output=tmp_path / "bp", seq_len=64,
                             options={"calib_samples": 1}, loaded=embedded_model)
@@ -150,7 +150,7 @@ def test_blockpruner_mix_removes_either_kind_until_the_sparsity_is_reached(tmp_p
     from conftest import calibratable_model
 
     from hubprune.data import calibration_windows
-    from hubprune.evaluation import perplexity
+    from hubprune.evaluation.perplexity import perplexity
     from hubprune.methods.twossp import module_sizes
 
     source = calibratable_model(tmp_path / "src", layers=6)

@@ -3,13 +3,30 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 
 import pytest
+import torch
 from conftest import tiny_model
 
 
 def hubprune(*args, cwd=None):
     return subprocess.run([sys.executable, "-m", "hubprune.cli", *args], capture_output=True, text=True, cwd=cwd)
+
+
+# Runs the CLI and reports on stderr whether torch or transformers got imported on the way.
+LIGHT = """\
+import sys
+from hubprune.cli import main
+try:
+    code = main(sys.argv[1:])
+except SystemExit as exc:
+    code = exc.code
+heavy = [m for m in ("torch", "transformers") if m in sys.modules]
+if heavy:
+    print("imported " + ", ".join(heavy), file=sys.stderr)
+sys.exit(code)
+"""
 
 
 def test_methods_lists_name_and_one_line():
@@ -42,15 +59,95 @@ def test_help_documents_commands_plan_format_and_examples():
         (["prune", "default", "--dtype", "int3", "--method", "manual"], "invalid choice: 'int3'"),
         (["frobnicate"], "invalid choice: 'frobnicate'"),
         (["eval", "default"], "nothing to evaluate"),
+        (["eval", "default", "--ppl", "default", "--limit", "0"], "--limit must be positive"),
+        (["info", "./missing-model"], "no such model folder"),
+        (["prune", "default", "--method", "manual", "--plan", "latin1.yaml", "-o", "x"], "not UTF-8"),
+        (["prune", "default", "--method", "manual", "--plan", "float.yaml", "-o", "x"], "1.9 is not a whole number"),
+        (["prune", "default", "--method", "2ssp", "--sparsity", "0.3", "--stage2-batch", "0", "-o", "x"], "at least 1"),
+        (["push", "default", "--method", "2ssp", "--sparsity", "3", "--repo-id", "a/b"], "strictly between 0 and 1"),
     ],
 )
-def test_bad_input_gives_one_line_and_exit_code_2(args, message, tmp_path):
+def test_bad_input_gives_one_line_and_exit_code_2_at_once(args, message, tmp_path):
+    """Refused before torch is imported (a bad option answers in well under a second)."""
     (tmp_path / "p.yaml").write_text("drop_blocks: [0]\n")
-    out = hubprune(*args, cwd=tmp_path)
+    (tmp_path / "latin1.yaml").write_bytes(b"# caf\xe9\ndrop_blocks: [0]\n")
+    (tmp_path / "float.yaml").write_text("drop_blocks: [1.9]\n")
+    started = time.perf_counter()
+    out = subprocess.run([sys.executable, "-c", LIGHT, *args], capture_output=True, text=True, cwd=tmp_path)
+    seconds = time.perf_counter() - started
     assert out.returncode == 2, out.stderr
-    assert len(out.stderr.strip().splitlines()) == 1, out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1, out.stderr  # "imported torch" would be a second line
     assert out.stderr.startswith("hubprune") and message in out.stderr
-    assert "Traceback" not in out.stderr
+    assert seconds < 5, f"{seconds:.1f} s for a bad option (generous bound for a busy 2-core machine)"
+
+
+def test_help_and_methods_do_not_import_torch():
+    for args in (["--help"], ["prune", "--help"], ["push", "--help"], ["methods"]):
+        out = subprocess.run([sys.executable, "-c", LIGHT, *args], capture_output=True, text=True)
+        assert out.returncode == 0 and "imported" not in out.stderr, (args, out.stderr)
+
+
+@pytest.fixture()
+def tiny_folder(tmp_path):
+    tiny_model("llama").save_pretrained(tmp_path / "m")
+    (tmp_path / "plan.yaml").write_text("drop_blocks: [0]\n")
+    return tmp_path / "m"
+
+
+def one_line_error(out, message):
+    assert out.returncode == 2, out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1 and "Traceback" not in out.stderr, out.stderr
+    assert message in out.stderr, out.stderr
+
+
+def test_damaged_model_files_are_one_line(tiny_folder):
+    plan = str(tiny_folder.parent / "plan.yaml")
+    weights = tiny_folder / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    for command in (["prune", str(tiny_folder), "--method", "manual", "--plan", plan, "-o", "out", "--device", "cpu"],
+                    ["eval", str(tiny_folder), "--ppl", "default", "--device", "cpu"]):
+        one_line_error(hubprune(*command, cwd=tiny_folder.parent), "damaged or incomplete")
+    (tiny_folder / "config.json").write_text('{"model_type": "llama",')
+    one_line_error(hubprune("info", str(tiny_folder)), "config.json is not valid JSON")
+
+
+def test_card_on_a_corrupt_record_is_one_line(tiny_folder, tmp_path):
+    out = hubprune("prune", str(tiny_folder), "--method", "manual", "--plan", str(tmp_path / "plan.yaml"),
+                   "-o", str(tmp_path / "out"), "--device", "cpu")
+    assert out.returncode == 0, out.stderr
+    (tmp_path / "out" / "hubprune.json").write_text("{truncated")
+    one_line_error(hubprune("card", str(tmp_path / "out")), "hubprune.json is not valid JSON")
+
+
+def test_eval_output_dot_is_the_current_folder(tiny_folder, tmp_path):
+    work = tmp_path / "work"
+    work.mkdir()
+    out = hubprune("eval", str(tiny_folder), "--speed", "--speed-tokens", "8", "--device", "cpu", "--output", ".",
+                   cwd=work)
+    assert out.returncode == 0, out.stderr
+    assert (work / "results.json").is_file() and not list(tmp_path.glob(".work.*"))
+
+
+@pytest.mark.parametrize(("error", "message"), [
+    (lambda: torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"), "the GPU ran out of memory"),
+    (MemoryError, "ran out of RAM"),
+    (lambda: Exception("No space left on device (os error 28)"), "the disk is full"),
+])
+def test_running_out_of_memory_or_disk_mid_job_is_one_line(tiny_folder, monkeypatch, capsys, error, message):
+    """The real failures need a full GPU or disk; the job is made to raise exactly what torch and the
+    Rust writers raise then."""
+    from hubprune import pipeline
+    from hubprune.cli import main
+
+    def fail(*args, **kwargs):
+        raise error()
+
+    monkeypatch.setattr(pipeline, "run_job", fail)
+    code = main(["prune", str(tiny_folder), "--method", "manual", "--plan", str(tiny_folder.parent / "plan.yaml"),
+                 "-o", str(tiny_folder.parent / "out")])
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.strip().splitlines()) == 1 and message in err
+    assert "--offload" in err or "larger disk" in err
 
 
 def test_unsupported_architecture_and_existing_output(tmp_path):

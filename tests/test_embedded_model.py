@@ -10,7 +10,7 @@ from transformers import AutoModelForCausalLM
 
 import hubprune
 from hubprune.data import load_corpus, token_windows
-from hubprune.evaluation import perplexity
+from hubprune.evaluation.perplexity import perplexity
 from hubprune.plan import PrunePlan
 
 SEQ_LEN, WINDOWS = 256, 4

@@ -9,7 +9,7 @@ from conftest import FAMILIES, tiny_model
 
 from hubprune.data import Corpus, load_corpus, token_windows
 from hubprune.errors import DatasetUnavailableError
-from hubprune.evaluation import perplexity
+from hubprune.evaluation.perplexity import perplexity
 
 
 class CharTokenizer:

@@ -43,7 +43,11 @@ def test_validation_names_the_problem(data, message):
 
 @pytest.mark.parametrize(
     ("data", "message"),
-    [({"skip_atention": [1]}, "unknown plan key"), ({"skip_mlp": ["x"]}, "must be integers"), ([1, 2], "must be a mapping")],
+    [({"skip_atention": [1]}, "unknown plan key"), ({"skip_mlp": ["x"]}, "must be integers"), ([1, 2], "must be a mapping"),
+     ({"skip_mlp": [1.9]}, "1.9 is not a whole number"), ({"drop_blocks": [True]}, "True is not a whole number"),
+     ({"keep_ffn_neurons": {"00": [1]}}, "'00' is not a layer index"),
+     ({"keep_ffn_neurons": {"0": [1], 0: [2]}}, "listed twice"), ({"skip_mlp": 3}, "must be a list"),
+     ({"keep_value_channels": {"1": [[0, 1.0]]}}, "not a whole number"), ({"residual_width": 8.5}, "whole number")],
 )
 def test_malformed_plans_are_refused(data, message):
     with pytest.raises(PlanError, match=message):
@@ -56,6 +60,18 @@ def test_unparseable_file_is_refused(tmp_path):
         PrunePlan.load(tmp_path / "bad.json")
     with pytest.raises(PlanError, match="does not exist"):
         PrunePlan.load(tmp_path / "missing.yaml")
+
+
+@pytest.mark.parametrize(("name", "content", "message"), [
+    ("dup.json", b'{"skip_mlp": [1], "skip_mlp": [2]}', "'skip_mlp' appears twice"),
+    ("dup.json", b'{"keep_ffn_neurons": {"0": [1], "0": [2]}}', "'0' appears twice"),
+    ("dup.yaml", b"keep_ffn_neurons:\n  1: [0]\n  1: [3]\n", "1 appears twice"),
+    ("latin1.yaml", b"# caf\xe9\nskip_mlp: [1]\n", "not UTF-8"),
+])
+def test_plan_files_that_would_be_silently_coerced_are_refused(tmp_path, name, content, message):
+    (tmp_path / name).write_bytes(content)
+    with pytest.raises(PlanError, match=message):
+        PrunePlan.load(tmp_path / name)
 
 
 def test_block_with_attention_and_mlp_skipped_is_dropped():

@@ -148,7 +148,10 @@ def test_push_to_a_branch_and_dry_run(hub, pushed, capsys):
 
     result = push(repo_id=REPO, from_dir=pushed.folder, token=ALICE, endpoint=hub.url, revision="v1")
     assert result.published.revision == "v1" and not result.published.changed  # same files as main
-    assert main(["push", "--from-dir", str(pushed.folder), "--repo-id", "alice/never", "--dry-run"]) == 0
+    dry = ["push", "--from-dir", str(pushed.folder), "--repo-id", "alice/never", "--dry-run", "--endpoint", hub.url]
+    assert main([*dry, "--token", "hf_wrong"]) == 2  # a dry run is everything but the upload: the token too
+    assert "refused the token" in capsys.readouterr().err
+    assert main([*dry, "--token", ALICE]) == 0
     out = capsys.readouterr().out
     assert "dry run: would upload" in out and "model.safetensors" in out
     with pytest.raises(RepositoryNotFoundError):

@@ -18,7 +18,7 @@ import hubprune
 from hubprune import embedded
 from hubprune.data import calibration_windows
 from hubprune.errors import InvalidOptionError
-from hubprune.evaluation import perplexity
+from hubprune.evaluation.perplexity import perplexity
 from hubprune.methods.twossp import balance, module_sizes
 from hubprune.methods.twossp_stages import neuron_scores, remove_attention, top_neurons
 from hubprune.plan import PrunePlan

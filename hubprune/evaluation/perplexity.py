@@ -16,7 +16,8 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-PPL_MODES = ("accurate", "reference")
+from .settings import PPL_MODES
+
 
 
 @dataclass
