@@ -58,7 +58,13 @@ recipe file (--recipe), YAML; every key is a push / prune option (underscores fo
 
 The token comes from --token, HF_TOKEN or `hf auth login`; it is never printed or written.
 A second push of the same result makes no commit; an interrupted upload publishes nothing and the
-same command resumes it."""
+same command resumes it.
+
+trying it without the Hub: the bundled local Hub-compatible server (loopback only; no Xet storage, so
+uploads to it need HF_HUB_DISABLE_XET=1):
+  python -m hubprune.testing.hub_server --root /tmp/hub --user me:hf_me --port 8765 &
+  HF_HUB_DISABLE_XET=1 hubprune push default --method 2ssp --sparsity 0.25 --repo-id me/smollm2-2ssp25 \
+      --endpoint http://127.0.0.1:8765 --token hf_me"""
 
 
 class _Parser(argparse.ArgumentParser):

@@ -46,6 +46,22 @@ def check_repo_id(repo_id: str) -> None:
         raise InvalidOptionError(f"--repo-id {repo_id!r}: give the namespace too, NAMESPACE/NAME (e.g. your user name)")
 
 
+def check_transfer_protocol(endpoint: str | None) -> None:
+    """Uploads go through Xet by default, a storage service only the Hugging Face Hub runs: against any
+    other endpoint (the bundled local server, `hubprune.testing.hub_server`) they fail, and retrying
+    fails the same way. Say what to set instead."""
+    from urllib.parse import urlsplit
+
+    from huggingface_hub import constants
+
+    url = endpoint or constants.ENDPOINT
+    host = urlsplit(url).hostname or ""
+    if not constants.HF_HUB_DISABLE_XET and host != "huggingface.co" and not host.endswith(".huggingface.co"):
+        raise InvalidOptionError(f"{url} is not the Hugging Face Hub, and uploads would use Xet storage, which only "
+                                 "the Hub serves: set HF_HUB_DISABLE_XET=1 in the environment (uploads then use the "
+                                 "LFS protocol) and run again")
+
+
 def resolve_token(token: str | None) -> str:
     from huggingface_hub import get_token
 

@@ -29,6 +29,7 @@ from .export import (
     write_json,
 )
 from .loading import LoadedModel, load_model
+from .modeling import OWN_CLASSES
 from .outputs import RECORD_FILENAME, OutputLock, atomic_folder, check_output, check_writable, recover
 from .methods import PruneContext, get_method
 from .plan import PrunePlan
@@ -106,9 +107,15 @@ def _prune(job: PruneJob, *, token: str | None, loaded: LoadedModel | None) -> P
     seed_everything(seed)
     method_impl = get_method(method)
     if loaded is None:
+        def check(skeleton) -> None:  # before any weight is read
+            if skeleton.config.model_type in OWN_CLASSES:
+                raise InvalidOptionError(
+                    f"{model} was already pruned by hubprune; pruning its pruned format again is not supported: "
+                    "prune its source model instead, with the total sparsity you want")
+            method_impl.check_model(skeleton, sparsity, job.options)
+
         loaded = load_model(model, device=job.device, dtype=job.dtype, revision=job.revision, token=token,
-                            output=output, offload=job.offload, check=lambda m: method_impl.check_model(m, sparsity, job.options),
-                            trust_remote_code=job.trust_remote_code)
+                            output=output, offload=job.offload, check=check, trust_remote_code=job.trust_remote_code)
     dense = loaded.model
     settings = job.eval_settings()
     settings.check_in_memory(loaded.shards is not None)

@@ -12,7 +12,7 @@ import yaml
 from .card import validate_card, write_card
 from .errors import InvalidOptionError, OutputExistsError
 from .privacy import public
-from .hub import PublishResult, check_repo_id, hub_api, publish_folder, resolve_token, whoami
+from .hub import PublishResult, check_repo_id, check_transfer_protocol, hub_api, publish_folder, resolve_token, whoami
 
 log = logging.getLogger("hubprune")
 
@@ -60,7 +60,8 @@ def push(model: str | None = None, method: str | None = None, *, repo_id: str, f
         prune_kwargs["revision"] = source_revision
         job = PruneJob(model=model, method=method, output=str(folder), **_job_fields(prune_kwargs))
         job.validate()  # options first: offline and instant
-    # The token before any pruning (a dry run too: it is everything but the upload).
+    # The endpoint and token before any pruning (a dry run too: it is everything but the upload).
+    check_transfer_protocol(endpoint)
     whoami(hub_api(resolve_token(token), endpoint))
     pruned = False
     if job is not None:

@@ -79,7 +79,7 @@ def test_reloaded_model_equals_in_memory_and_hook_masked_dense(family, tmp_path)
     pruned = export(dense, PLAN, tmp_path)
     reloaded = reload(tmp_path)
     assert type(reloaded).__name__ == type(pruned).__name__
-    assert reloaded.config.layer_types[0] == "mlp"  # layer 0 has no attention -> no KV-cache entry
+    assert reloaded.config.layer_types[0] == "moe"  # layer 0 has no attention -> no KV-cache entry
     ids = torch.randint(3, 128, (2, 12), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         in_memory = pruned(ids).logits
@@ -161,7 +161,7 @@ def test_qwen2_layer_types_follow_the_kept_source_layers(tmp_path):
     # Source layers 0-1 are full attention, 2-4 sliding (max_window_layers=2).
     export(tiny_model("qwen2"), PrunePlan(skip_attention=[3], drop_blocks=[0]), tmp_path)
     model = reload(tmp_path)
-    assert model.config.layer_types == ["full_attention", "sliding_attention", "mlp", "sliding_attention"]
+    assert model.config.layer_types == ["full_attention", "sliding_attention", "moe", "sliding_attention"]
 
 
 def test_remote_code_depends_only_on_torch_and_transformers():

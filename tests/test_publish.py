@@ -158,6 +158,14 @@ def test_push_to_a_branch_and_dry_run(hub, pushed, capsys):
         HfApi(endpoint=hub.url, token=ALICE).model_info("alice/never")
 
 
+def test_a_non_hub_endpoint_without_disabling_xet_is_refused_up_front(hub, pushed, monkeypatch):
+    monkeypatch.setattr(constants, "HF_HUB_DISABLE_XET", False)
+    with pytest.raises(InvalidOptionError, match="HF_HUB_DISABLE_XET=1"):
+        push(repo_id="alice/xet", from_dir=pushed.folder, token=ALICE, endpoint=hub.url)
+    with pytest.raises(RepositoryNotFoundError):
+        HfApi(endpoint=hub.url, token=ALICE).model_info("alice/xet")
+
+
 def test_a_broken_template_is_one_clear_error(pushed, tmp_path):
     from hubprune.card import write_card
 

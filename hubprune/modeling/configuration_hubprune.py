@@ -16,7 +16,11 @@
 from huggingface_hub.dataclasses import strict
 from transformers import LlamaConfig, MistralConfig, OPTConfig, Phi3Config, Qwen2Config
 
-NO_ATTENTION_LAYER_TYPE = "mlp"  # transformers maps it to a DummyLayer cache entry that stores nothing
+# The layer type of a block without attention. transformers gives "moe" (and "mlp") a DummyLayer cache
+# entry that stores nothing, and unlike "mlp", "moe" passes the stock config validation, which
+# AutoTokenizer runs on config.json without this file (earlier outputs wrote "mlp").
+NO_ATTENTION_LAYER_TYPE = "moe"
+_NO_ATTENTION_TYPES = ("moe", "mlp")
 
 
 def _default_block(config):
@@ -54,11 +58,11 @@ class _HubPruneConfigMixin:
             source_types = [default_type] * self.num_hidden_layers
         self.layer_types = [
             NO_ATTENTION_LAYER_TYPE if block["attention"]["no_op"]
-            else (t if t != NO_ATTENTION_LAYER_TYPE else "full_attention")
+            else (t if t not in _NO_ATTENTION_TYPES else "full_attention")
             for block, t in zip(self.block_configs, source_types)
         ]
 
-    def validate_layer_type(self):  # the stock check would refuse the "mlp" entries
+    def validate_layer_type(self):  # the stock check would refuse the "mlp" entries of older outputs
         if len(self.layer_types) != self.num_hidden_layers:
             raise ValueError("layer_types must have one entry per decoder layer")
 

@@ -1,0 +1,69 @@
+"""What a new user does right after a prune: load the tokenizer the usual way (no extra arguments, in a
+fresh process that has never imported hubprune), and point hubprune at its own output again."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+from conftest import calibratable_model
+
+import hubprune
+from hubprune.errors import InvalidOptionError
+from hubprune.methods import METHODS
+
+CALIBRATION = {"calib_data": "default"}
+OPTIONS = {  # the smallest settings that exercise each method on a 4-block model
+    "2ssp": {**CALIBRATION, "calib_samples": 2, "stage2_samples": 1},
+    "fasp": {**CALIBRATION, "calib_samples": 2},
+    "shortgpt": {**CALIBRATION, "calib_samples": 2},
+    "window": {**CALIBRATION, "calib_samples": 2},
+    "blockpruner": {**CALIBRATION, "calib_samples": 1},
+    "evopress": {**CALIBRATION, "evopress_generations": 1, "evopress_tokens": 256, "evopress_seq_len": 32,
+                 "evopress_offspring": 2, "evopress_initial": 2, "evopress_selection_tokens": "32,256"},
+    "slicegpt": {**CALIBRATION, "calib_samples": 2},
+    "manual": {},
+}
+
+
+@pytest.fixture(scope="module")
+def outputs(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("reuse")
+    source = calibratable_model(folder / "src", layers=4)
+    plan = folder / "plan.json"
+    plan.write_text(json.dumps({"skip_attention": [1], "skip_mlp": [2]}))
+    made = {}
+    for method in sorted(METHODS):
+        options = dict(OPTIONS[method], **({"plan": str(plan)} if method == "manual" else {}))
+        sparsity = None if method == "manual" else 0.25
+        hubprune.prune(str(source), method, output=folder / method, sparsity=sparsity, options=options,
+                       device="cpu", seq_len=32)
+        made[method] = folder / method
+    return source, made
+
+
+def test_every_method_is_covered():
+    assert set(OPTIONS) == set(METHODS)
+
+
+def test_the_plain_tokenizer_call_works_on_every_output(outputs):
+    _, made = outputs
+    script = ("import sys\nfrom transformers import AutoTokenizer\nfor folder in sys.argv[1:]:\n"
+              "    tokenizer = AutoTokenizer.from_pretrained(folder)\n"
+              "    assert tokenizer('hello world').input_ids, folder\n"
+              "assert 'hubprune' not in sys.modules\nprint('ok', len(sys.argv) - 1)")
+    # For a remote-code output transformers asks whether to run its code (it reads config.json first);
+    # either answer loads the tokenizer. No answer at all (no terminal) is the case tested here.
+    out = subprocess.run([sys.executable, "-c", script, *map(str, made.values())], capture_output=True, text=True,
+                         stdin=subprocess.DEVNULL)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().endswith(f"ok {len(made)}")
+
+
+def test_pruning_a_pruned_output_again_is_refused_before_any_work(outputs, tmp_path):
+    _, made = outputs
+    with pytest.raises(InvalidOptionError, match="already pruned by hubprune"):
+        hubprune.prune(str(made["2ssp"]), "shortgpt", sparsity=0.2, output=tmp_path / "again", device="cpu",
+                       options=OPTIONS["shortgpt"], seq_len=32)
+    assert list(tmp_path.iterdir()) == []  # no run folder, no output
