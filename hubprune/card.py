@@ -161,7 +161,7 @@ def render_card(folder: str | Path, *, repo_id: str | None = None, template: str
     """The model card (huggingface_hub `ModelCard`) of a hubprune output folder."""
     from huggingface_hub import ModelCard, ModelCardData
 
-    from .evaluation.report import format_value, result_rows
+    from .evaluation.report import format_value, result_rows, speed_summary
     from .info import model_info
 
     folder = Path(folder)
@@ -189,6 +189,7 @@ def render_card(folder: str | Path, *, repo_id: str | None = None, template: str
         repo_id=repo_id or folder.name, record=record, job=job, source=source, method=method, plan=plan,
         paper=METHOD_PAPERS.get(method), citation=citation(method), info=info, blocks=info.get("blocks"),
         rows=result_rows(results) if results else [], results=results, fmt=format_value, command=command(job),
+        speed_note=speed_summary(results) if results else None,
         recipe=yaml.safe_dump({"jobs": [recipe(job, repo_id)]}, sort_keys=False).strip(),
         transformers_range=TRANSFORMERS_RANGE, hubprune_version=__version__,
         remote_code=(folder / "modeling_hubprune.py").is_file(),

@@ -73,7 +73,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 # Method-specific flags, passed to the method as options (a method refuses the ones it does not take).
-METHOD_OPTIONS = ("plan", "calib_data", "calib_samples", "ffn_multiple", "alpha", "stage2_samples", "stage2",
+METHOD_OPTIONS = ("plan", "calib_data", "calib_samples", "ffn_multiple", "value_multiple", "alpha", "stage2_samples", "stage2",
                   "stage2_batch", "shortgpt_tokens", "blockpruner_mode", "evopress_generations", "evopress_tokens",
                   "evopress_seq_len", "evopress_offspring", "evopress_initial", "evopress_selection_tokens",
                   "evopress_batch", "fasp_sparsity_semantics", "no_restore", "slicegpt_orientation")
@@ -194,6 +194,10 @@ def _prune_options(p: argparse.ArgumentParser) -> None:
     f.add_argument("--fasp-sparsity-semantics", choices=["params", "columns"],
                    help="params: remove --sparsity of the decoder-layer parameters (comparable with 2SSP); "
                         "columns: remove --sparsity of each pair's columns, fewer parameters since Q/K stay [params]")
+    f.add_argument("--value-multiple", type=int, metavar="M",
+                   help="round the kept value channels per head to a multiple of M: on CUDA the memory-efficient "
+                        "attention kernel needs bf16 value widths divisible by 8 (else the math kernel, slow and "
+                        "quadratic in memory); 1 keeps the unrounded width [8]")
     f.add_argument("--no-restore", action="store_const", const=True,
                    help="prune without the least-squares refit of o_proj / down_proj (an ablation)")
     sg = p.add_argument_group("slicegpt (--sparsity is the slicing fraction of the hidden width)")
@@ -326,18 +330,7 @@ def _run(args: argparse.Namespace) -> None:
 
         result = run_job(job, token=args.token)
         record = result.record
-        sparsity = record["sparsity"]
-        requested = (f" (requested {sparsity['requested']:.2%} {sparsity['requested_means']})"
-                     if sparsity["requested"] is not None else "")
-        print(f"pruned {args.model} with {args.method}: removed {sparsity['achieved']:.2%} of decoder-layer "
-              f"parameters{requested}; {record['parameters']['dense']['total']:,} -> "
-              f"{record['parameters']['pruned']['total']:,} parameters")
-        if record["method_report"].get("summary"):
-            print(f"{args.method}: {record['method_report']['summary']}")
-        if record["evaluation"]:
-            from .evaluation.report import format_results
-
-            print(format_results(record["evaluation"]))
+        _print_summary(record)
         print(f"output: {result.output}  ({record['architecture']})")
     elif args.command == "push":
         _push(args)
@@ -370,11 +363,35 @@ def _run(args: argparse.Namespace) -> None:
             print(f"results: {args.output}/results.json")
 
 
+def _print_summary(record: dict) -> None:
+    """What a prune did: sparsity achieved, parameters, the method's summary and dense vs pruned results."""
+    sparsity, job = record["sparsity"], record["job"]
+    requested = (f" (requested {sparsity['requested']:.2%} {sparsity['requested_means']})"
+                 if sparsity["requested"] is not None else "")
+    print(f"pruned {job['model']} with {job['method']}: removed {sparsity['achieved']:.2%} of decoder-layer "
+          f"parameters{requested}; {record['parameters']['dense']['total']:,} -> "
+          f"{record['parameters']['pruned']['total']:,} parameters")
+    if record["method_report"].get("summary"):
+        print(f"{job['method']}: {record['method_report']['summary']}")
+    if record.get("evaluation"):
+        from .evaluation.report import format_results
+
+        print(format_results(record["evaluation"]))
+
+
+def _announce(folder) -> None:
+    """Before an upload: what is about to be published."""
+    record = json.loads((folder / "hubprune.json").read_text())
+    if "sparsity" in record:
+        _print_summary(record)
+    print(f"model card: {folder / 'README.md'}", flush=True)
+
+
 def _push(args: argparse.Namespace) -> None:
     from .push import push, push_recipe
 
     if args.recipe:
-        results = push_recipe(args.recipe, token=args.token, dry_run=args.dry_run)
+        results = push_recipe(args.recipe, token=args.token, dry_run=args.dry_run, announce=_announce)
     else:
         if not args.repo_id:
             raise InvalidOptionError("push needs --repo-id NAMESPACE/NAME (or --recipe FILE)")
@@ -386,7 +403,7 @@ def _push(args: argparse.Namespace) -> None:
                         sparsity=args.sparsity, options=options, device=args.device, dtype=args.dtype,
                         seed=args.seed, ppl=args.ppl, seq_len=args.seq_len, max_windows=args.max_windows,
                         offload=True if args.offload else None, run_dir=args.run_dir, evaluation=_evaluation(args),
-                        trust_remote_code=args.trust_remote_code)]
+                        trust_remote_code=args.trust_remote_code, announce=_announce)]
     for result in results:
         p = result.published
         if p.dry_run:
@@ -424,7 +441,8 @@ def _resource_message(exc: BaseException) -> str | None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(format="hubprune: %(message)s", level=logging.WARNING)
+    # Each line under its own logger's name: hubprune's as "hubprune: ...", other libraries' as theirs.
+    logging.basicConfig(format="%(name)s: %(message)s", level=logging.WARNING)
     try:
         _run(args)
     except HubPruneError as exc:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,11 +35,13 @@ def push(model: str | None = None, method: str | None = None, *, repo_id: str, f
          output: str | Path | None = None, private: bool = False, revision: str | None = None,
          commit_message: str | None = None, endpoint: str | None = None, token: str | None = None,
          evaluate: bool = True, dry_run: bool = False, template: str | Path | None = None, overwrite: bool = False,
-         source_revision: str | None = None, **prune_kwargs) -> PushResult:
+         source_revision: str | None = None, announce: Callable[[Path], None] | None = None,
+         **prune_kwargs) -> PushResult:
     """Prune `model` with `method` (or take the pruned folder `from_dir`), evaluate it, write its model
     card and upload it to `repo_id` on branch `revision` (`source_revision` is the model's). `prune_kwargs` go to `pipeline.prune` (sparsity, options, device,
     ppl, evaluation, ...). Nothing is uploaded unless every step before succeeded; the token is checked
-    before any pruning starts."""
+    before any pruning starts. `announce(folder)` is called once the folder and its card are ready, before
+    the upload (the CLI prints the pruning summary and the dense-vs-pruned table there)."""
     from .job import PruneJob
 
     check_repo_id(repo_id)
@@ -77,6 +80,8 @@ def push(model: str | None = None, method: str | None = None, *, repo_id: str, f
     write_card(folder, repo_id=repo_id, template=template)
     if not dry_run:
         validate_card(folder, endpoint)
+    if announce is not None:
+        announce(folder)
     published = publish_folder(folder, repo_id, token=token, private=private, revision=revision,
                                commit_message=commit_message, endpoint=endpoint, dry_run=dry_run)
     return PushResult(folder, published, pruned)
@@ -191,7 +196,8 @@ def _expand(job: dict, where: str) -> dict:
     return job
 
 
-def push_recipe(path: str | Path, *, token: str | None = None, dry_run: bool = False) -> list[PushResult]:
+def push_recipe(path: str | Path, *, token: str | None = None, dry_run: bool = False,
+                announce: Callable[[Path], None] | None = None) -> list[PushResult]:
     jobs = load_recipe(path)  # all of them validated before the first one runs
-    return [push(job.pop("model", None), job.pop("method", None), token=token, dry_run=dry_run, **job)
-            for job in jobs]
+    return [push(job.pop("model", None), job.pop("method", None), token=token, dry_run=dry_run, announce=announce,
+                 **job) for job in jobs]

@@ -87,6 +87,14 @@ def test_help_and_methods_do_not_import_torch():
         assert out.returncode == 0 and "imported" not in out.stderr, (args, out.stderr)
 
 
+def test_other_libraries_log_lines_keep_their_own_name():
+    script = ("import logging\nfrom hubprune.cli import main\nmain(['methods'])\n"
+              "logging.getLogger('transformers.modeling_utils').warning('theirs')\n"
+              "logging.getLogger('hubprune').warning('ours')")
+    err = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True).stderr.splitlines()
+    assert err == ["transformers.modeling_utils: theirs", "hubprune: ours"]
+
+
 @pytest.fixture()
 def tiny_folder(tmp_path):
     tiny_model("llama").save_pretrained(tmp_path / "m")

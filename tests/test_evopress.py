@@ -17,6 +17,7 @@ from hubprune.loading import load_model
 from hubprune.methods import evopress, kl_fitness
 from hubprune.methods.evopress import generations_for, mutate, random_candidate
 from hubprune.plan import PrunePlan
+from hubprune.runs import MARKER
 from hubprune.sequential import DecoderStack
 from hubprune.surgery import apply_plan
 
@@ -77,6 +78,14 @@ def test_kl_fitness_equals_a_whole_model_computation(tmp_path):
                                           candidate) * take for i, take in minibatch) / 97
         assert value == pytest.approx(expected, rel=1e-4, abs=1e-7)
     assert fitness[-1] == pytest.approx(0, abs=1e-7)
+    # The dense logits go to the device once per minibatch row and chunk, whatever the number of candidates
+    # (per candidate and row, a 128k vocabulary moved ~42 GB host -> device per generation).
+    copies = dense.copies
+    kl_fitness.kl_fitness(stack, ids, dense, candidates[:1], minibatch, batch=2)
+    one = dense.copies - copies
+    assert one == len(minibatch)
+    kl_fitness.kl_fitness(stack, ids, dense, candidates, minibatch, batch=2)
+    assert dense.copies - copies - one == one
 
 
 def test_dense_logits_spill_to_a_mapped_file_when_ram_is_short(tmp_path, monkeypatch):
@@ -163,6 +172,7 @@ def test_an_interrupted_search_resumes_at_its_generation_with_the_same_result(re
 def test_other_settings_do_not_resume(embedded_model, tmp_path, monkeypatch):
     run_dir = tmp_path / ".out.hubprune-run"
     run_dir.mkdir()
+    (run_dir / MARKER).touch()  # made by hubprune, for another job
     (run_dir / "job.json").write_text('{"job": "something else"}')
     (run_dir / "evopress.json").write_text("{}")
     result = run(embedded_model, tmp_path / "out", evopress_generations=0)

@@ -40,6 +40,28 @@ def test_params_semantics_hits_the_request_and_columns_semantics_removes_fewer()
         widths(counts, 0.9, "params", 8)
 
 
+def test_value_widths_are_rounded_for_fast_attention_kernels_and_the_ffn_absorbs_the_difference():
+    counts = module_counts(meta_model(LlamaConfig(hidden_size=4096, intermediate_size=11008, num_hidden_layers=2,
+                                                  num_attention_heads=32, num_key_value_heads=32)))  # Llama-2-7B
+    for s, unrounded, rounded in ((0.25, 90, 88), (0.3, 82, 80), (0.375, 70, 72)):
+        assert widths(counts, s, "params", 1, 1).value_keep == unrounded  # what the issue measured
+        w = widths(counts, s, "params", 8, 8)
+        assert w.value_keep == rounded and w.ffn_keep % 8 == 0
+        assert abs(w.predicted_sparsity - s) < 0.005  # the FFN width made up for the rounding
+
+
+def test_flash_attention_is_claimed_only_without_value_pruned_layers():
+    from hubprune.plan import PrunePlan
+    from hubprune.surgery import apply_plan
+
+    model = AutoModelForCausalLM.from_config(LlamaConfig(hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+                                                         num_attention_heads=4, num_key_value_heads=2, vocab_size=64))
+    skipped = apply_plan(model, PrunePlan(skip_attention=[0]))
+    assert skipped._supports_flash_attn
+    values = apply_plan(model, PrunePlan(keep_value_channels={1: [[0, 1, 2, 3, 4, 5, 6, 7]] * 2}))
+    assert not values._supports_flash_attn
+
+
 def test_gqa_unit_is_a_kv_group_channel_across_the_groups_heads():
     config = LlamaConfig(hidden_size=16, num_attention_heads=4, num_key_value_heads=2)  # head_dim 4
     family = get_family("llama")

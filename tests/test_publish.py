@@ -153,9 +153,29 @@ def test_push_to_a_branch_and_dry_run(hub, pushed, capsys):
     assert "refused the token" in capsys.readouterr().err
     assert main([*dry, "--token", ALICE]) == 0
     out = capsys.readouterr().out
+    assert out.index("removed") < out.index("dry run: would upload")  # the summary comes before the upload
+    assert "perplexity" in out
     assert "dry run: would upload" in out and "model.safetensors" in out
     with pytest.raises(RepositoryNotFoundError):
         HfApi(endpoint=hub.url, token=ALICE).model_info("alice/never")
+
+
+def test_the_card_states_speed_with_its_spread_and_cautions_against_a_busy_machine(pushed, tmp_path):
+    import shutil
+
+    from hubprune.card import write_card
+
+    folder = tmp_path / "copy"
+    shutil.copytree(pushed.folder, folder)
+    card = write_card(folder, repo_id=REPO).read_text()
+    assert "mean ± s.d. of" in card and "Accuracies in %" not in card  # no task ran
+    results = json.loads((folder / "results.json").read_text())
+    speed = results["speed"]  # what a loaded machine produced once: the pruned prefill timed slower
+    speed["pruned"]["prefill_ms"] = speed["dense"]["prefill_ms"] / 0.69
+    speed["pruned_vs_dense"]["prefill_speedup"] = 0.69
+    (folder / "results.json").write_text(json.dumps(results))
+    card = write_card(folder, repo_id=REPO).read_text()
+    assert "prefill 0.69x" in card and "Caution: a ratio below 1" in card
 
 
 def test_a_non_hub_endpoint_without_disabling_xet_is_refused_up_front(hub, pushed, monkeypatch):

@@ -71,12 +71,30 @@ def format_results(doc: dict) -> str:
     for row in result_rows(doc):
         values = "  ".join(f"{r} {format_value(getattr(row, r), row.metric):>9}" for r in roles)
         lines.append(f"{row.kind:<10} {row.name:<24} {row.metric:<10} {values}   ({row.note})")
-    ratio = doc.get("speed", {}).get("pruned_vs_dense")
-    if ratio:
-        decode = ", ".join(f"batch {b} {v:.2f}x" for b, v in ratio["decode_speedup"].items())
-        lines.append(f"speed-up measured in this run: prefill {ratio['prefill_speedup']:.2f}x, decode {decode} "
-                     f"(parameters x{ratio['parameter_ratio']:.3f})")
+    summary = speed_summary(doc)
+    if summary:
+        lines.append(summary)
     return "\n".join(lines)
+
+
+def speed_summary(doc: dict) -> str | None:
+    """The dense-vs-pruned speed ratios of one run with their spread, and a caution where the numbers
+    cannot carry a claim (a ratio below 1, or a prefill gain within the run-to-run spread)."""
+    speed = doc.get("speed") or {}
+    ratio = speed.get("pruned_vs_dense")
+    if not ratio:
+        return None
+    dense, pruned, protocol = speed["dense"], speed["pruned"], speed["protocol"]
+    decode = ", ".join(f"decode batch {b} {v:.2f}x" for b, v in ratio["decode_speedup"].items())
+    text = (f"speed-up measured in this run on {protocol['device']}: prefill {ratio['prefill_speedup']:.2f}x "
+            f"(dense {dense['prefill_ms']:.1f} ± {dense['prefill_ms_stdev']:.1f} ms, pruned {pruned['prefill_ms']:.1f} "
+            f"± {pruned['prefill_ms_stdev']:.1f} ms: mean ± s.d. of {protocol['repeats']} timed passes), {decode} "
+            f"(one timed run each); parameters x{ratio['parameter_ratio']:.3f}")
+    within_spread = dense["prefill_ms"] - pruned["prefill_ms"] < dense["prefill_ms_stdev"] + pruned["prefill_ms_stdev"]
+    if within_spread or min([ratio["prefill_speedup"], *ratio["decode_speedup"].values()]) < 1:
+        text += (". Caution: a ratio below 1, or a gain within the spread, says the machine was busy or the "
+                 "difference is noise, not that the model is slower; re-measure on an idle machine before quoting it")
+    return text
 
 
 def markdown_table(doc: dict) -> str:

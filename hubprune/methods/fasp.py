@@ -14,7 +14,9 @@ Per block, on the calibration windows' hidden states (the pruned outputs of the 
 Q and K are never touched. Allocation is uniform: every block keeps the same value width and FFN
 width. `--fasp-sparsity-semantics params` (default) sizes them so the removed fraction of decoder-layer
 parameters is the request (comparable with 2SSP); `columns` removes the fraction s of each pair's
-columns. The FFN width is rounded to `--ffn-multiple`. `--no-restore` prunes without refitting.
+columns. The FFN width is rounded to `--ffn-multiple` and the value width to `--value-multiple` (8: on
+CUDA the memory-efficient SDPA kernel needs bf16 value widths divisible by 8, else the math kernel runs,
+memory quadratic in the sequence length). `--no-restore` prunes without refitting.
 """
 from __future__ import annotations
 
@@ -65,9 +67,10 @@ def module_counts(model) -> dict:
             "mlp": mlp, "ffn_width": family.ffn_width(config), "head_dim": head_dim}
 
 
-def widths(counts: dict, sparsity: float, semantics: str, ffn_multiple: int) -> Widths:
-    """Uniform widths for the request; the value width is rounded first and the FFN width absorbs the
-    rest of the parameter budget, rounded to the multiple of `ffn_multiple` closest to the request."""
+def widths(counts: dict, sparsity: float, semantics: str, ffn_multiple: int, value_multiple: int = 1) -> Widths:
+    """Uniform widths for the request; the value width is rounded first (to the multiple of
+    `value_multiple` closest to it, when the head size is one) and the FFN width absorbs the rest of the
+    parameter budget, rounded to the multiple of `ffn_multiple` closest to the request."""
     block, head_dim, ffn = counts["block"], counts["head_dim"], counts["ffn_width"]
     per_value, per_neuron = counts["value_per_head_channel"], counts["mlp"] / ffn
     prunable = per_value * head_dim + counts["mlp"]
@@ -77,6 +80,8 @@ def widths(counts: dict, sparsity: float, semantics: str, ffn_multiple: int) -> 
             f"FASP cannot remove {sparsity:.1%} of this model's decoder-layer parameters: the prunable columns "
             f"(value channels and FFN neurons) hold only {prunable / block:.1%} of them; use a lower --sparsity")
     value_keep = min(head_dim, max(1, round(head_dim * (1 - rho))))
+    if head_dim % value_multiple == 0:
+        value_keep = min(head_dim, max(value_multiple, value_multiple * round(value_keep / value_multiple)))
     if semantics == "params":
         needed = sparsity * block - (head_dim - value_keep) * per_value
         keep_exact = ffn - needed / per_neuron
@@ -92,8 +97,8 @@ class FASP(PruningMethod):
     name = "fasp"
     summary = "interlinked column/row pruning of value and FFN channels with least-squares restoration"
     paper = "FASP: Fast and Accurate Structured Pruning of Large Language Models (2025), arXiv:2501.09412"
-    defaults = {"calib_data": "auto", "calib_samples": 32, "ffn_multiple": 8, "fasp_sparsity_semantics": "params",
-                "no_restore": False}
+    defaults = {"calib_data": "auto", "calib_samples": 32, "ffn_multiple": 8, "value_multiple": 8,
+                "fasp_sparsity_semantics": "params", "no_restore": False}
     options = tuple(defaults)
 
     def check_options(self, options: dict) -> None:
@@ -101,12 +106,13 @@ class FASP(PruningMethod):
         if opts["fasp_sparsity_semantics"] not in ("params", "columns"):
             raise InvalidOptionError("--fasp-sparsity-semantics: choose params (decoder-layer parameters, default) "
                                      "or columns (the fraction of each pair's columns)")
-        if int(opts["calib_samples"]) < 1 or int(opts["ffn_multiple"]) < 1:
-            raise InvalidOptionError("--calib-samples and --ffn-multiple must be at least 1")
+        if min(int(opts["calib_samples"]), int(opts["ffn_multiple"]), int(opts["value_multiple"])) < 1:
+            raise InvalidOptionError("--calib-samples, --ffn-multiple and --value-multiple must be at least 1")
 
     def check_model(self, model, sparsity: float | None, options: dict) -> None:
         opts = self.with_defaults(options)
-        widths(module_counts(model), sparsity, opts["fasp_sparsity_semantics"], int(opts["ffn_multiple"]))
+        widths(module_counts(model), sparsity, opts["fasp_sparsity_semantics"], int(opts["ffn_multiple"]),
+               int(opts["value_multiple"]))
 
     def select(self, context: PruneContext) -> PrunePlan:
         from .fasp_blocks import prune_blocks
@@ -114,7 +120,7 @@ class FASP(PruningMethod):
         opts = self.with_defaults(context.options)
         model = context.loaded.model
         plan_widths = widths(module_counts(model), context.sparsity, opts["fasp_sparsity_semantics"],
-                             int(opts["ffn_multiple"]))
+                             int(opts["ffn_multiple"]), int(opts["value_multiple"]))
         windows, provenance = context.calibration(opts["calib_data"], int(opts["calib_samples"]))
         widest = max(plan_widths.ffn_width, model.config.num_attention_heads * plan_widths.head_dim)
         if not opts["no_restore"] and windows.numel() < 2 * widest:

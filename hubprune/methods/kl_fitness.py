@@ -53,6 +53,7 @@ class DenseLogits:
             store = torch.empty(size, dtype=dtype)
         self.logits = store.view(count, seq_len, vocab)
         self.nbytes = nbytes
+        self.copies = 0  # rows sent to the device (see `rows`)
         self.reused = marker is not None and marker.is_file()
         if not self.reused:
             self._compute(stack, sequences, batch, progress)
@@ -70,6 +71,12 @@ class DenseLogits:
             for start in range(0, state.shape[1], chunk):
                 part = stack.logits(state[0, start:start + chunk]).to(self.logits.dtype)
                 self.logits[i, start:start + chunk] = part.cpu()
+
+
+    def rows(self, index: int, start: int, stop: int, device: torch.device) -> torch.Tensor:
+        """Sequence `index`'s dense logits at positions [start, stop), on `device`."""
+        self.copies += 1
+        return self.logits[index, start:stop].to(device)
 
 
 def sample_minibatch(rng, sequences: int, seq_len: int, tokens: int) -> Minibatch:
@@ -118,19 +125,20 @@ def kl_fitness(stack: DecoderStack, sequences: torch.Tensor, dense: DenseLogits,
                     for new, out in zip(group, outs):
                         next_states.setdefault(new, {})[take] = out
         states = next_states
+    # Each dense row goes to the device once per selection step and serves every candidate; the sums
+    # stay on the device until the end (one synchronisation, not one per candidate).
     chunk = _token_chunk(dense.logits.shape[-1])
     tokens = sum(take for _, take in minibatch)
-    scores: dict[tuple, float] = {}
-    for prefix, by_take in states.items():
-        total = torch.zeros((), dtype=torch.float64, device=stack.device)
-        for take, hidden in by_take.items():
-            for row, index in enumerate(parts[take]):
-                for start in range(0, take, chunk):
-                    stop = min(start + chunk, take)
-                    log_q = torch.log_softmax(stack.logits(hidden[row, start:stop]), dim=-1)
-                    target = dense.logits[index, start:stop].to(stack.device).float()
-                    log_p = torch.log_softmax(target, dim=-1)
-                    total += (log_p.exp() * (log_p - log_q)).sum(dtype=torch.float64)
-        scores[prefix] = total.item() / tokens
+    totals = {prefix: torch.zeros((), dtype=torch.float64, device=stack.device) for prefix in states}
+    for take, indices in parts.items():
+        for row, index in enumerate(indices):
+            for start in range(0, take, chunk):
+                stop = min(start + chunk, take)
+                log_p = torch.log_softmax(dense.rows(index, start, stop, stack.device).float(), dim=-1)
+                p = log_p.exp()
+                for prefix, by_take in states.items():
+                    log_q = torch.log_softmax(stack.logits(by_take[take][row, start:stop]), dim=-1)
+                    totals[prefix] += (p * (log_p - log_q)).sum(dtype=torch.float64)
+    values = torch.stack(list(totals.values())).cpu().tolist()
+    scores = {prefix: value / tokens for prefix, value in zip(totals, values)}
     return [scores[p] for p in prefix_of]
-

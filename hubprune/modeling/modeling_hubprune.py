@@ -270,11 +270,18 @@ class HubPrunePreTrainedModel(PreTrainedModel):
     _no_split_modules = ["HubPruneDecoderLayer"]
     # Same attention backends as the stock model; without these flags transformers would silently
     # fall back to eager attention (slower, and unfair in dense-vs-pruned speed comparisons).
-    _supports_flash_attn = True
     _supports_sdpa = True
     _supports_flex_attn = True
     _supports_attention_backend = True
     _can_compile_fullgraph = True
+
+    @property
+    def _supports_flash_attn(self) -> bool:
+        """flash-attention needs the same head size for queries, keys and values, so a model with
+        value-pruned layers (`v_head_dim`) does not qualify; transformers then refuses it at load time
+        instead of failing in the first forward."""
+        blocks = getattr(getattr(self, "config", None), "block_configs", None) or []
+        return not any("v_head_dim" in b["attention"] and not b["attention"]["no_op"] for b in blocks)
 
 
 class HubPruneModel(HubPrunePreTrainedModel):
