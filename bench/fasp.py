@@ -3,8 +3,9 @@
     python bench/fasp.py                                   # embedded SmolLM2-135M + OPT-125M-shaped, CPU
     python bench/fasp.py --device cuda --dtype bfloat16 --seq-len 2048 --calib-samples 128
 
-For each model: FASP's selection time split into calibration forwards, statistics (Gram matrix
-accumulation in the hooks) and solves (scores, Cholesky refits), its peak memory, and the same for 2SSP
+For each model: FASP's selection time split into calibration forwards (with the Gram matrix accumulation
+in their hooks, which no longer synchronise to time themselves) and solves (scores, Cholesky refits),
+its peak memory, and the same for 2SSP
 (stage 1 + stage 2). The embedded model is calibrated on the embedded corpus and both pruned models'
 held-out perplexity is measured; the OPT-125M-shaped model has random weights and random tokens (timing
 does not depend on the weights), so it has no perplexity. Peak memory: torch.cuda.max_memory_allocated
@@ -70,7 +71,7 @@ def timed(device: torch.device, fn):
 def bench_model(name: str, args) -> dict:
     loaded, windows, provenance = build(name, args)
     device, model = loaded.device, loaded.model
-    fasp_widths = widths(module_counts(model), args.sparsity, "params", args.ffn_multiple)
+    fasp_widths = widths(module_counts(model), args.sparsity, "params", args.ffn_multiple, args.value_multiple)
     with tempfile.TemporaryDirectory() as tmp:
         restored = LayerTensors(tmp)
         (plan, split), fasp_seconds, fasp_peak = timed(
@@ -115,6 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--calib-samples", type=int, default=32)
     parser.add_argument("--calib-data", default="default")
     parser.add_argument("--ffn-multiple", type=int, default=8)
+    parser.add_argument("--value-multiple", type=int, default=8)
     parser.add_argument("--ppl-windows", type=int, default=32)
     parser.add_argument("--output", help="JSON file [bench/results/fasp-<device>.json]")
     args = parser.parse_args(argv)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +25,8 @@ from .errors import InvalidOptionError
 from .evaluation.perplexity import PerplexityResult, window_nll
 
 SAFETENSORS_INDEX = "model.safetensors.index.json"
+_ITEMSIZE = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1,
+             "F8_E4M3": 1, "F8_E5M2": 1}
 
 
 class ShardReader:
@@ -33,6 +36,7 @@ class ShardReader:
 
     def __init__(self, folder: str | Path):
         self.folder = Path(folder)
+        self.store: BlockStore | None = None  # set by the first DecoderStack over these shards
         index = self.folder / SAFETENSORS_INDEX
         if index.is_file():
             self.files = {name: self.folder / file for name, file in json.loads(index.read_text())["weight_map"].items()}
@@ -46,6 +50,23 @@ class ShardReader:
     def names(self, prefix: str = "") -> list[str]:
         return [name for name in self.files if name.startswith(prefix)]
 
+    def nbytes(self, names: list[str]) -> int:
+        """Bytes of `names` as stored, from the shards' headers (no tensor is read)."""
+        total = 0
+        by_file: dict[Path, list[str]] = {}
+        for name in names:
+            by_file.setdefault(self.files[name], []).append(name)
+        for file, file_names in by_file.items():
+            with safe_open(file, framework="pt") as f:
+                for name in file_names:
+                    piece = f.get_slice(name)
+                    total += math.prod(piece.get_shape()) * _ITEMSIZE[piece.get_dtype()]
+        return total
+
+    def itemsize(self, name: str) -> int:
+        with safe_open(self.files[name], framework="pt") as f:
+            return _ITEMSIZE[f.get_slice(name).get_dtype()]
+
     def read(self, names: list[str], *, device: torch.device, dtype: torch.dtype | None) -> dict[str, torch.Tensor]:
         by_file: dict[Path, list[str]] = {}
         for name in names:
@@ -57,6 +78,65 @@ class ShardReader:
                     tensor = f.get_tensor(name)
                     out[name] = tensor.to(dtype) if dtype is not None and tensor.is_floating_point() else tensor
         return out
+
+
+class BlockStore:
+    """The decoder blocks of a streamed model, as CPU tensors (names local to the block).
+
+    A search visits every block once per step. With `cache`, each block is read from the shards once
+    and kept in host RAM; the disk is read once in all. Without it every visit reads the disk. For a GPU
+    (`for_gpu`) the tensors are pinned, so copies to the device are asynchronous, and the next block is
+    read ahead in a background thread while the current one computes (safetensors releases the GIL while
+    it reads). Not on the CPU: there reading competes with the compute for the same cores, and memory
+    freed across threads stays in glibc's per-thread arenas (it tripled the streamed peak in a test).
+    `disk_reads` counts the blocks read from the shards."""
+
+    def __init__(self, shards: ShardReader, prefix: str, num_blocks: int, dtype: torch.dtype, *, cache: bool,
+                 for_gpu: bool = False):
+        self.shards, self.prefix, self.num_blocks, self.dtype = shards, prefix, num_blocks, dtype
+        self.cache, self.pin, self.read_ahead = cache, for_gpu, for_gpu
+        self.disk_reads = 0
+        self._cached: dict[int, dict[str, torch.Tensor]] = {}
+        self._ahead: tuple[int, Future] | None = None
+        self._reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hubprune-read-ahead")
+
+    def _read(self, index: int) -> dict[str, torch.Tensor]:
+        prefix = f"{self.prefix}{index}."
+        tensors = self.shards.read(self.shards.names(prefix), device=torch.device("cpu"), dtype=self.dtype)
+        self.disk_reads += 1
+        local = {name[len(prefix):]: tensor for name, tensor in tensors.items()}
+        if self.pin:
+            local = {name: tensor.pin_memory() for name, tensor in local.items()}
+        return local
+
+    def get(self, index: int) -> dict[str, torch.Tensor]:
+        """Block `index`'s tensors. They may be the cache's own: copy before changing them in place."""
+        if index in self._cached:
+            return self._cached[index]
+        if self._ahead is not None and self._ahead[0] == index:
+            tensors = self._ahead[1].result()
+        else:
+            tensors = self._read(index)
+        self._ahead = None
+        following = index + 1
+        if self.read_ahead and following < self.num_blocks and following not in self._cached:
+            self._ahead = (following, self._reader.submit(self._read, following))
+        if self.cache:
+            self._cached[index] = tensors
+        return tensors
+
+
+def host_cache_fits(shards: ShardReader, prefix: str, device: torch.device, dtype: torch.dtype) -> bool:
+    """Keep the blocks in host RAM when streaming to a GPU and they take at most half the free RAM. On
+    the CPU the point of streaming is to keep host memory small, so they are never kept."""
+    if device.type == "cpu":
+        return False
+    from .loading import available_ram
+
+    ram = available_ram()
+    names = shards.names(prefix)
+    blocks_bytes = shards.nbytes(names) * dtype.itemsize // shards.itemsize(names[0]) if names else 0
+    return ram is not None and blocks_bytes < ram // 2
 
 
 @dataclass
@@ -83,8 +163,16 @@ class DecoderStack:
         self.layer_types = self.family.source_layer_types(self.config)
         self._inputs: dict[tuple[int, int], BlockInputs] = {}
         self.block_forwards = 0  # one window through one block counts 1
-        if self.shards is not None and self.family.embeddings(self.model).weight.is_meta:
-            self._load_outside_blocks()  # once per loaded model, however many stacks walk it
+        self.store: BlockStore | None = None
+        if self.shards is not None:
+            if self.family.embeddings(self.model).weight.is_meta:
+                self._load_outside_blocks()  # once per loaded model, however many stacks walk it
+            if self.shards.store is None:  # one per loaded model too: its cache serves every stack
+                prefix = self.family.layers_prefix
+                self.shards.store = BlockStore(self.shards, prefix, self.num_layers, self.dtype,
+                                               cache=host_cache_fits(self.shards, prefix, self.device, self.dtype),
+                                               for_gpu=self.device.type == "cuda")
+            self.store = self.shards.store
 
     # -- weights -------------------------------------------------------------------------------------
     def _load_outside_blocks(self) -> None:
@@ -101,10 +189,12 @@ class DecoderStack:
     def block(self, index: int) -> Iterator[torch.nn.Module]:
         """Block `index` on the device for the duration of the `with` (then released if streamed)."""
         layer = self.family.layers(self.model)[index]
-        if self.shards is not None:
-            prefix = f"{self.family.layers_prefix}{index}."
-            tensors = self.shards.read(self.shards.names(prefix), device=self.device, dtype=self.dtype)
-            layer.load_state_dict({n[len(prefix):]: t for n, t in tensors.items()}, assign=True)
+        if self.store is not None:
+            # Cached tensors are copied (on the CPU too): a method may change the block in place, and the
+            # cache must stay as read. Uncached ones are fresh from the disk and used as they are.
+            tensors = {n: t.to(self.device, non_blocking=True, copy=self.store.cache)
+                       for n, t in self.store.get(index).items()}
+            layer.load_state_dict(tensors, assign=True)
             del tensors
             try:
                 yield layer

@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, LlamaConfig, MistralConfig, Phi3Config, Qwen2Config
 
 import hubprune
-from hubprune import embedded
+from hubprune import embedded, loading
 from hubprune.data import calibration_windows
 from hubprune.errors import InvalidOptionError
 from hubprune.evaluation.perplexity import perplexity
@@ -304,3 +304,28 @@ def test_a_model_that_does_not_fit_is_streamed_automatically(tmp_path, monkeypat
                                   baseline="none")
     assert evaluated["perplexity"]["default"]["pruned"]["perplexity"] == pytest.approx(
         result.record["evaluation"]["perplexity"]["default"]["pruned"]["perplexity"], rel=1e-5)
+
+
+# -- streaming: how often the disk is read -----------------------------------------------------------------
+def test_streamed_blocks_are_read_from_disk_once_when_cached_and_once_per_visit_otherwise(tmp_path, monkeypatch):
+    from hubprune import sequential
+    from hubprune.sequential import BlockStore, DecoderStack, stack_perplexity
+
+    source = calibratable_model(tmp_path / "src", layers=4)
+    windows = torch.randint(3, 200, (2, 16), generator=torch.Generator().manual_seed(0))
+    results = {}
+    for cache in (False, True):
+        loaded = loading.load_model(str(source), device="cpu", dtype="float32", offload=True)
+        loaded.shards.store = BlockStore(loaded.shards, "model.layers.", 4, torch.float32, cache=cache)
+        stack = DecoderStack(loaded)
+        first = stack_perplexity(stack, windows, progress=False).perplexity
+        again = stack_perplexity(DecoderStack(loaded), windows, progress=False).perplexity  # a second search step
+        results[cache] = (first, again, loaded.shards.store.disk_reads)
+    assert results[False][2] == 8 and results[True][2] == 4  # 2 passes x 4 blocks; with the cache, 4 in all
+    assert results[False][:2] == results[True][:2] and results[True][0] == results[True][1]
+    # The policy: never on the CPU (streaming there is about host memory); on a GPU when they fit in RAM.
+    assert not sequential.host_cache_fits(loaded.shards, "model.layers.", torch.device("cpu"), torch.float32)
+    monkeypatch.setattr(loading, "available_ram", lambda: 10**12)
+    assert sequential.host_cache_fits(loaded.shards, "model.layers.", torch.device("cuda"), torch.float32)
+    monkeypatch.setattr(loading, "available_ram", lambda: 10**5)
+    assert not sequential.host_cache_fits(loaded.shards, "model.layers.", torch.device("cuda"), torch.float32)

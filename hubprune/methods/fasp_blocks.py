@@ -24,18 +24,16 @@ from .twossp_stages import top_neurons
 
 
 @contextmanager
-def _gram(module: torch.nn.Module, size: int, dtype: torch.dtype, device: torch.device, clock: PhaseClock,
-          inputs: list | None = None):
+def _gram(module: torch.nn.Module, size: int, dtype: torch.dtype, device: torch.device, inputs: list | None = None):
     """Accumulate H = Σ x xᵀ over every token of `module`'s input while the `with` runs (and append
-    each input to `inputs` when given)."""
+    each input to `inputs` when given). The hook only queues work: no host synchronisation in it."""
     gram = torch.zeros(size, size, dtype=dtype, device=device)
 
     def hook(_module, args):
         if inputs is not None:
             inputs.append(args[0])
-        with clock("statistics"):
-            x = args[0].reshape(-1, size).to(dtype)
-            gram.addmm_(x.T, x)
+        x = args[0].reshape(-1, size).to(dtype)
+        gram.addmm_(x.T, x)
 
     handle = module.register_forward_pre_hook(hook)
     try:
@@ -71,7 +69,7 @@ def prune_blocks(stack: DecoderStack, windows: torch.Tensor, widths, restored: L
             size = w_o.shape[1]
             dtype = torch.float64 if size > fp64_above else torch.float32
             o_inputs: list[torch.Tensor] = []
-            with clock("calibration forward"), _gram(o_proj, size, dtype, device, clock, o_inputs) as h_o:
+            with clock("calibration forward"), _gram(o_proj, size, dtype, device, o_inputs) as h_o:
                 for h in states:
                     stack.run(layer, index, h, skip_mlp=True)
             with clock("solves"):
@@ -89,7 +87,7 @@ def prune_blocks(stack: DecoderStack, windows: torch.Tensor, widths, restored: L
             w_d = layer.get_submodule(down).weight
             size = w_d.shape[1]
             dtype = torch.float64 if size > fp64_above else torch.float32
-            with clock("calibration forward"), _gram(layer.get_submodule(down), size, dtype, device, clock) as h_d:
+            with clock("calibration forward"), _gram(layer.get_submodule(down), size, dtype, device) as h_d:
                 for m in mids:
                     stack.run(layer, index, m, skip_attention=True)
             with clock("solves"):
@@ -104,6 +102,4 @@ def prune_blocks(stack: DecoderStack, windows: torch.Tensor, widths, restored: L
         plan.keep_ffn_neurons[index] = neurons.tolist()
         if restored is not None and restore_weights:
             restored.save(index, {f"{value_cols}.weight": w_o_kept, f"{down}.weight": w_d_kept})
-    # The hooks' time is inside the forward passes that triggered them: report it apart.
-    clock.seconds["calibration forward"] -= clock.seconds.get("statistics", 0.0)
-    return plan, clock.seconds
+    return plan, clock.seconds  # the statistics' time is inside the forward passes that feed them

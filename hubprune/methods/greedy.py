@@ -78,7 +78,8 @@ def greedy_cached(stack: DecoderStack, windows: torch.Tensor, schedule: list[tup
                     if (j, kind) not in done:
                         state = stack.run(layer, j, base[j], mlp_params=params, **_skips(j, done, kind))
                         active.append(((j, kind), state))
-        ppl = {c: math.exp(stack.nll(state, windows).item() / tokens) for c, state in active}
+        nll = torch.stack([stack.nll(state, windows) for _, state in active]).cpu().tolist()  # one sync a step
+        ppl = {c: math.exp(value / tokens) for (c, _), value in zip(active, nll)}
         best = _pick(ppl)
         removed.append(best)
         stale_from = best[0]

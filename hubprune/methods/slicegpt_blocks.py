@@ -29,10 +29,11 @@ DAMPING = 0.01  # of the mean diagonal of H, added to the diagonal before the ei
 ROWS_PER_STEP = 8192  # rows of a weight (or tokens of a signal) converted to fp64 at a time: bounds the copy
 
 
-def random_orthogonal(size: int, generator: torch.Generator) -> torch.Tensor:
+def random_orthogonal(size: int, generator: torch.Generator, device: torch.device | str = "cpu") -> torch.Tensor:
     """[size, size] fp64 orthogonal: Q of the QR decomposition of a uniform [0, 1) matrix, as the
-    reference's `random_orthogonal_upper_left` builds its top-left block."""
-    return torch.linalg.qr(torch.rand(size, size, generator=generator, dtype=torch.float64))[0]
+    reference's `random_orthogonal_upper_left` builds its top-left block. The matrix is drawn from the
+    (CPU) generator, so it is the same on every device; the QR runs on `device`."""
+    return torch.linalg.qr(torch.rand(size, size, generator=generator, dtype=torch.float64).to(device))[0]
 
 
 @torch.no_grad()
@@ -53,7 +54,7 @@ def principal_basis(states: list[torch.Tensor], width: int, *, orientation: str,
     basis = vectors[:, order]
     kept = (values[order].sum() / values.sum()).item()
     if orientation == "random":
-        basis = basis @ random_orthogonal(width, generator).to(basis.device)
+        basis = basis @ random_orthogonal(width, generator, basis.device)
     return basis, kept
 
 
