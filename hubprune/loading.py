@@ -7,7 +7,7 @@ import json
 import logging
 import shutil
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -256,19 +256,22 @@ class Preflight:
     model_bytes: int
     needed: dict[str, int]
     available: dict[str, int]
+    working: dict[str, int] = field(default_factory=dict)  # the method's own, included in `needed`
 
     def check(self, *, output: Path | None) -> None:
-        advice = {"gpu": "use --dtype bfloat16 (or float16), or --device cpu",
-                  "ram": "use --dtype bfloat16, or a machine with more memory",
+        advice = {"gpu": "use --offload, --dtype bfloat16 (or float16), fewer --calib-samples or a shorter --seq-len",
+                  "ram": "use --offload, --dtype bfloat16, fewer --calib-samples, or a machine with more memory",
                   "disk": "free space or choose --output on a larger disk"}
         for resource, need in self.needed.items():
             have = self.available.get(resource)
             if have is None or need <= have:
                 continue
             what = f"disk at {output}" if resource == "disk" else f"{resource.upper()} memory"
+            method = sum(self.working.values())
             raise InsufficientResourcesError(
-                f"not enough {what}: the job needs about {need / GiB:.1f} GiB (model {self.model_bytes / GiB:.1f} GiB) "
-                f"but {have / GiB:.1f} GiB is free; {advice[resource]}")
+                f"not enough {what}: the job needs about {need / GiB:.1f} GiB (model {self.model_bytes / GiB:.1f} GiB"
+                + (f", the method's working memory {method / GiB:.1f} GiB" if method else "")
+                + f") but {have / GiB:.1f} GiB is free; {advice[resource]}")
 
 
 def available_ram() -> int | None:
@@ -282,38 +285,46 @@ def available_ram() -> int | None:
 
 
 def preflight(config: PretrainedConfig, dtype: torch.dtype, device: torch.device, output: Path | None,
-              *, offload: bool = False) -> Preflight:
+              *, offload: bool = False, working: dict[str, int] | None = None) -> Preflight:
     """In memory, the dense model and its pruned copy are both held: budget 2x the model (+10 %).
-    With `offload`, one block plus the embeddings and head, and twice that for activations."""
+    With `offload`, one block plus the embeddings and head, and twice that for activations. `working` is
+    the method's own estimate (`PruningMethod.working_memory`): "device" where the work runs, "host" in
+    RAM, "disk" beside the output."""
     model_bytes = parameter_count(config) * torch.finfo(dtype).bits // 8
     if offload:
         resident = model_bytes / config.num_hidden_layers + 2 * config.vocab_size * config.hidden_size * dtype.itemsize
         needed = {"ram" if device.type == "cpu" else "gpu": int(3 * resident)}
     else:
         needed = {"ram" if device.type == "cpu" else "gpu": int(2.2 * model_bytes)}
+    working = {k: int(v) for k, v in (working or {}).items() if v}
+    where = "ram" if device.type == "cpu" else "gpu"
+    needed[where] += working.get("device", 0)
+    if working.get("host"):
+        needed["ram"] = needed.get("ram", 0) + working["host"]
     available: dict[str, int] = {}
     if device.type == "cuda":
         available["gpu"] = torch.cuda.mem_get_info(device)[0]
-    else:
-        ram = available_ram()
-        if ram is not None:
-            available["ram"] = ram
+    ram = available_ram()
+    if ram is not None:
+        available["ram"] = ram
     if output is not None:
-        needed["disk"] = model_bytes
+        needed["disk"] = model_bytes + working.get("disk", 0)
         existing = next((p for p in [output, *output.parents] if p.exists()), Path("."))
         available["disk"] = shutil.disk_usage(existing).free
-    return Preflight(model_bytes, needed, available)
+    return Preflight(model_bytes, needed, available, working)
 
 
 def load_model(reference: str, *, device: str = "auto", dtype: str = "auto", revision: str | None = None,
                token: str | None = None, output: Path | None = None, offload: bool | None = False,
-               check: Callable[[PreTrainedModel], None] | None = None, trust_remote_code: bool = False) -> LoadedModel:
+               check: Callable[[PreTrainedModel], None] | None = None, trust_remote_code: bool = False,
+               working_memory: Callable[[PretrainedConfig, torch.dtype], dict] | None = None) -> LoadedModel:
     """Resolve, check and load a supported causal LM with its tokenizer.
 
     With `offload`, no block is loaded: the model is a weightless skeleton whose blocks
     `sequential.DecoderStack` streams from the safetensors shards one at a time. `offload=None`
     streams only when the model does not fit in memory but one block does. `check` receives the
-    weightless model before any weight is read (e.g. a method refusing an infeasible budget).
+    weightless model before any weight is read (e.g. a method refusing an infeasible budget), and
+    `working_memory(config, dtype)` the method's own memory needs, added to the pre-flight check.
     A model's own Python code (auto_map) runs only with `trust_remote_code`; hubprune's outputs load
     with this package's classes and need no trust."""
     source = resolve_model(reference, revision=revision, token=token, trust_remote_code=trust_remote_code)
@@ -322,12 +333,13 @@ def load_model(reference: str, *, device: str = "auto", dtype: str = "auto", rev
     family = get_family(config.model_type)  # refuses unsupported families before loading any weight
     torch_device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, config)
+    working = working_memory(config, torch_dtype) if working_memory is not None else None
     try:
-        preflight(config, torch_dtype, torch_device, output, offload=bool(offload)).check(output=output)
+        preflight(config, torch_dtype, torch_device, output, offload=bool(offload), working=working).check(output=output)
     except InsufficientResourcesError:
         if offload is not None or source.gguf_file:
             raise
-        preflight(config, torch_dtype, torch_device, output, offload=True).check(output=output)
+        preflight(config, torch_dtype, torch_device, output, offload=True, working=working).check(output=output)
         logger.warning("the model does not fit in memory: its blocks are streamed from the shards one at a time "
                        "(as with --offload)")
         offload = True

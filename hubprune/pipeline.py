@@ -115,7 +115,9 @@ def _prune(job: PruneJob, *, token: str | None, loaded: LoadedModel | None) -> P
             method_impl.check_model(skeleton, sparsity, job.options)
 
         loaded = load_model(model, device=job.device, dtype=job.dtype, revision=job.revision, token=token,
-                            output=output, offload=job.offload, check=check, trust_remote_code=job.trust_remote_code)
+                            output=output, offload=job.offload, check=check, trust_remote_code=job.trust_remote_code,
+                            working_memory=lambda config, dtype: method_impl.working_memory(
+                                config, dtype.itemsize, seq_len, sparsity, method_impl.with_defaults(job.options)))
     dense = loaded.model
     settings = job.eval_settings()
     settings.check_in_memory(loaded.shards is not None)

@@ -78,8 +78,9 @@ class RunFolder:
     def __exit__(self, exc_type, exc, tb) -> None:
         """Done: delete. Failed or interrupted: keep the finished steps for the next run (if any)."""
         if exc_type is not None and self.steps():
-            log.warning("finished steps (%s) are kept in %s: the same command resumes from them",
-                        ", ".join(self.steps()), self.path)
+            size = sum(f.stat().st_blocks * 512 for f in self.path.rglob("*") if f.is_file())  # allocated, not apparent
+            log.warning("finished steps (%s) are kept in %s (%.2f GB on disk): the same command resumes from them; "
+                        "delete the folder to start over", ", ".join(self.steps()), self.path, size / 1e9)
         else:
             shutil.rmtree(self.path, ignore_errors=True)
 

@@ -98,3 +98,29 @@ def test_a_gguf_file_is_a_model_reference():
     assert source.gguf_file == "SmolLM2-135M-Instruct.Q4_1.gguf" and source.weight_bytes > 50_000_000
     config = load_config(source)
     assert config.model_type == "llama" and config.num_hidden_layers == 30
+
+
+def test_the_preflight_counts_each_methods_working_memory(monkeypatch):
+    """Llama-3-70B-shaped, streamed: the model's share is a few GiB, the methods' own needs are not."""
+    from transformers import LlamaConfig
+
+    from hubprune import loading
+    from hubprune.errors import InsufficientResourcesError
+    from hubprune.methods import get_method
+
+    config = LlamaConfig(hidden_size=8192, intermediate_size=28672, num_hidden_layers=80, num_attention_heads=64,
+                         num_key_value_heads=8, vocab_size=128256)
+    GiB = 2**30
+    need = {name: get_method(name).working_memory(config, 2, 2048, 0.3, {})
+            for name in ("2ssp", "fasp", "shortgpt", "window", "blockpruner", "evopress", "slicegpt", "manual")}
+    assert need["manual"] == {}
+    assert 15 * GiB < need["shortgpt"]["device"] == need["window"]["device"] < 20 * GiB  # 256 windows, two copies
+    assert 20 * GiB < need["fasp"]["device"] < 35 * GiB  # fp64 Gram of the 28,672-wide FFN, thrice
+    assert need["evopress"].get("host", need["evopress"].get("disk")) == 131072 * 128256 * 2  # the dense logits
+    assert need["2ssp"]["device"] < need["shortgpt"]["device"]  # 32 windows, not 256
+    monkeypatch.setattr(loading, "available_ram", lambda: 24 * GiB)
+    streamed = loading.preflight(config, torch.bfloat16, torch.device("cpu"), None, offload=True)
+    streamed.check(output=None)  # the model alone fits, block by block
+    with pytest.raises(InsufficientResourcesError, match="the method's working memory"):
+        loading.preflight(config, torch.bfloat16, torch.device("cpu"), None, offload=True,
+                          working=need["fasp"]).check(output=None)

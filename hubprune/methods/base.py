@@ -70,6 +70,17 @@ class PruningMethod(ABC):
     def check_model(self, model, sparsity: float | None, options: dict) -> None:
         """Refuse what this model's shape makes impossible; `model` is weightless (meta device)."""
 
+    def working_memory(self, config, itemsize: int, seq_len: int, sparsity: float | None, options: dict) -> dict:
+        """Bytes the selection needs beyond the model, estimated from the config before anything is
+        loaded: "device" (activations and statistics where the work runs) and "disk" (spilled data).
+        The pre-flight check adds them to the model's own needs. Override for each calibrating method."""
+        return {}
+
+
+def window_bytes(config, windows: int, seq_len: int, itemsize: int) -> int:
+    """One hidden state [windows, seq_len, hidden] in the model dtype."""
+    return int(windows) * seq_len * config.hidden_size * itemsize
+
     @abstractmethod
     def select(self, context: PruneContext) -> PrunePlan:
         """Decide what to remove."""

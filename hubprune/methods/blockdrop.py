@@ -9,7 +9,7 @@ import math
 
 from ..errors import InvalidOptionError
 from ..plan import PrunePlan
-from .base import PruneContext, PruningMethod
+from .base import PruneContext, PruningMethod, window_bytes
 from .registry import register
 
 
@@ -27,6 +27,10 @@ class BlockBudgetMethod(PruningMethod):
     def check_options(self, options: dict) -> None:
         if int(self.with_defaults(options)["calib_samples"]) < 1:
             raise InvalidOptionError("--calib-samples must be at least 1")
+
+    def working_memory(self, config, itemsize: int, seq_len: int, sparsity: float | None, options: dict) -> dict:
+        """Every calibration window's state, two copies while a block runs (its input and its output)."""
+        return {"device": 2 * window_bytes(config, self.with_defaults(options)["calib_samples"], seq_len, itemsize)}
 
     def check_model(self, model, sparsity: float | None, options: dict) -> None:
         n = model.config.num_hidden_layers

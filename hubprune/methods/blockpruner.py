@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from ..errors import InvalidOptionError
 from ..plan import PrunePlan
-from .base import PruneContext
+from .base import PruneContext, window_bytes
 from .blockdrop import BlockBudgetMethod, blocks_to_remove
 from .registry import register
 
@@ -28,6 +28,11 @@ class BlockPruner(BlockBudgetMethod):
         super().check_options(options)
         if self.with_defaults(options)["blockpruner_mode"] not in ("paired", "mix"):
             raise InvalidOptionError("--blockpruner-mode: choose paired (the 2SSP reference) or mix (the paper)")
+
+    def working_memory(self, config, itemsize: int, seq_len: int, sparsity: float | None, options: dict) -> dict:
+        """The greedy search's block inputs (one per block) and its candidates in flight (up to two per block)."""
+        windows = self.with_defaults(options)["calib_samples"]
+        return {"device": 3 * config.num_hidden_layers * window_bytes(config, windows, seq_len, itemsize)}
 
     def select(self, context: PruneContext) -> PrunePlan:
         from .greedy import greedy_cached

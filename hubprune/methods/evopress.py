@@ -19,7 +19,7 @@ import time
 
 from ..errors import InvalidOptionError
 from ..plan import PrunePlan
-from .base import PruneContext
+from .base import PruneContext, window_bytes
 from .blockdrop import BlockBudgetMethod, blocks_to_remove
 from .registry import register
 
@@ -108,6 +108,20 @@ class EvoPress(BlockBudgetMethod):
         if min(steps) < 1 or max(steps) > int(opts["evopress_tokens"]):
             raise InvalidOptionError(f"--evopress-selection-tokens {opts['evopress_selection_tokens']}: each step "
                                      f"must use between 1 and --evopress-tokens ({opts['evopress_tokens']}) tokens")
+
+    def working_memory(self, config, itemsize: int, seq_len: int, sparsity: float | None, options: dict) -> dict:
+        """On the device: the hidden states of a selection step's minibatch for every distinct candidate
+        prefix (at most the offspring and their parent). On the host: the dense logits of every calibration
+        token (in RAM, or in the run folder when over half of the free RAM: "disk")."""
+        from ..loading import available_ram
+
+        opts = self.with_defaults(options)
+        tokens = int(opts["evopress_tokens"])
+        step_tokens = max(_ints(opts["evopress_selection_tokens"]))
+        device = (int(opts["evopress_offspring"]) + 2) * window_bytes(config, 1, step_tokens, itemsize)
+        logits = tokens * config.vocab_size * itemsize
+        ram = available_ram()
+        return {"device": device, "disk" if ram is not None and logits > ram // 2 else "host": logits}
 
     def settings(self, context: PruneContext) -> dict:
         """Every setting of the search, defaults resolved for this model (recorded in the report)."""

@@ -26,7 +26,7 @@ from dataclasses import asdict, dataclass
 
 from ..errors import InvalidOptionError
 from ..plan import PrunePlan
-from .base import PruneContext, PruningMethod
+from .base import PruneContext, PruningMethod, window_bytes
 from .registry import register
 
 log = logging.getLogger("hubprune")
@@ -108,6 +108,17 @@ class FASP(PruningMethod):
                                      "or columns (the fraction of each pair's columns)")
         if min(int(opts["calib_samples"]), int(opts["ffn_multiple"]), int(opts["value_multiple"])) < 1:
             raise InvalidOptionError("--calib-samples, --ffn-multiple and --value-multiple must be at least 1")
+
+    def working_memory(self, config, itemsize: int, seq_len: int, sparsity: float | None, options: dict) -> dict:
+        """The windows' states three times (block inputs, o_proj inputs, mid-block states), the Gram matrix
+        of the widest refitted layer with the Cholesky factor and solve beside it (fp64 above
+        FP64_GRAM_ABOVE), and one batch's FFN activations."""
+        windows = self.with_defaults(options)["calib_samples"]
+        ffn = getattr(config, "intermediate_size", None) or config.ffn_dim
+        width = max(ffn, config.hidden_size)
+        gram = width * width * (8 if width > FP64_GRAM_ABOVE else 4)
+        ffn_batch = min(8, int(windows)) * seq_len * ffn * itemsize
+        return {"device": 3 * window_bytes(config, windows, seq_len, itemsize) + 3 * gram + ffn_batch}
 
     def check_model(self, model, sparsity: float | None, options: dict) -> None:
         opts = self.with_defaults(options)

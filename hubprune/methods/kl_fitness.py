@@ -42,6 +42,10 @@ class DenseLogits:
         ram = available_ram()
         self.spilled = ram is not None and nbytes > ram // 2 and spill_dir is not None
         marker = None
+        if nbytes > 2**30:  # said before an hour of work, not discovered after it
+            log.warning("EvoPress keeps the dense logits of %d calibration tokens: %.1f GB %s; --evopress-tokens "
+                        "sets how many", count * seq_len, nbytes / 1e9,
+                        "on disk in the run folder" if self.spilled else "in RAM")
         if self.spilled:
             path = spill_dir / "dense-logits.bin"
             marker = spill_dir / "dense-logits.complete"

@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass
 
 from ..errors import InvalidOptionError, UnsupportedArchitectureError
 from ..plan import PrunePlan
-from .base import PruneContext, PruningMethod
+from .base import PruneContext, PruningMethod, window_bytes
 from .registry import register
 
 WIDTH_MULTIPLE = 8  # the reference rounds d' down to a multiple of 8 [C]
@@ -79,6 +79,12 @@ class SliceGPT(PruningMethod):
             raise InvalidOptionError("--slicegpt-orientation: choose random (the reference) or pca")
         if int(opts["calib_samples"]) < 1:
             raise InvalidOptionError("--calib-samples must be at least 1")
+
+    def working_memory(self, config, itemsize: int, seq_len: int, sparsity: float | None, options: dict) -> dict:
+        """The windows' states, two copies at a time, and the fp64 covariance, its eigenvectors and the
+        rotations (d x d each)."""
+        states = 2 * window_bytes(config, self.with_defaults(options)["calib_samples"], seq_len, itemsize)
+        return {"device": states + 4 * config.hidden_size ** 2 * 8}
 
     def check_model(self, model, sparsity: float | None, options: dict) -> None:
         from ..families import get_family

@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass
 
 from ..errors import InvalidOptionError
 from ..plan import PrunePlan
-from .base import PruneContext, PruningMethod
+from .base import PruneContext, PruningMethod, window_bytes
 from .registry import register
 
 # Only the light part lives here (options, budget) so that `hubprune methods` needs no torch;
@@ -120,6 +120,14 @@ class TwoStageMethod(PruningMethod):
 
     def check_model(self, model, sparsity: float | None, options: dict) -> None:
         self.budget(model, sparsity, self.with_defaults(options))
+
+    def working_memory(self, config, itemsize: int, seq_len: int, sparsity: float | None, options: dict) -> dict:
+        """Stage 1 holds the calibration windows' states (and a block's outputs); stage 2 every block's
+        input plus up to one candidate per block in flight, on the stage-2 windows."""
+        opts = self.with_defaults(options)
+        stage1 = 2 * window_bytes(config, opts["calib_samples"], seq_len, itemsize)
+        stage2 = 2 * config.num_hidden_layers * window_bytes(config, opts["stage2_samples"], seq_len, itemsize)
+        return {"device": max(stage1, stage2)}
 
     @staticmethod
     def budget(model, sparsity: float, opts: dict) -> Balance:
