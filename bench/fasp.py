@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM, OPTConfig
+from transformers import AutoModelForCausalLM, LlamaConfig, OPTConfig
 
 from hubprune.data import calibration_windows, load_corpus, token_windows
 from hubprune.evaluation.perplexity import perplexity
@@ -38,20 +38,27 @@ from hubprune.sequential import DecoderStack
 from hubprune.surgery import apply_plan
 from peak_memory import peak_bytes, reset_peak
 
+LLAMA_SHAPES = {  # random weights: timing does not depend on them
+    "llama-2-7b-shaped": dict(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32,
+                              num_key_value_heads=32, vocab_size=32000),
+    "llama-tiny-shaped": dict(hidden_size=256, intermediate_size=688, num_hidden_layers=4, num_attention_heads=4,
+                              num_key_value_heads=4, vocab_size=1000),
+}
 OPT_125M = dict(hidden_size=768, ffn_dim=3072, num_hidden_layers=12, num_attention_heads=12, vocab_size=50272,
                 max_position_embeddings=2048, word_embed_proj_dim=768)
 
 
 def build(name: str, args) -> tuple[LoadedModel, torch.Tensor, dict]:
-    if name == "opt-125m-shaped":
+    if name == "opt-125m-shaped" or name in LLAMA_SHAPES:
         device = resolve_device(args.device)
         dtype = torch.float32 if args.dtype == "auto" and device.type == "cpu" else getattr(
             torch, "bfloat16" if args.dtype == "auto" else args.dtype)
+        config = OPTConfig(**OPT_125M) if name == "opt-125m-shaped" else LlamaConfig(**LLAMA_SHAPES[name])
         torch.manual_seed(0)
         with torch.device(device):
-            model = AutoModelForCausalLM.from_config(OPTConfig(**OPT_125M), dtype=dtype).eval()
-        loaded = LoadedModel(model, None, get_family("opt"), ModelSource(name, Path(".")), device, dtype)
-        windows = torch.randint(4, OPT_125M["vocab_size"], (args.calib_samples, args.seq_len),
+            model = AutoModelForCausalLM.from_config(config, dtype=dtype).eval()
+        loaded = LoadedModel(model, None, get_family(config.model_type), ModelSource(name, Path(".")), device, dtype)
+        windows = torch.randint(4, config.vocab_size, (args.calib_samples, args.seq_len),
                                 generator=torch.Generator().manual_seed(0))
         return loaded, windows, {"source": "random token ids", "windows": args.calib_samples, "seq_len": args.seq_len}
     loaded = load_model(name, device=args.device, dtype=args.dtype)

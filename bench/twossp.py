@@ -34,6 +34,8 @@ from peak_memory import peak_bytes
 SHAPES = {
     "llama-2-7b": dict(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32,
                        num_key_value_heads=32, vocab_size=32000),
+    "llama-tiny": dict(hidden_size=256, intermediate_size=688, num_hidden_layers=4, num_attention_heads=4,
+                       num_key_value_heads=4, vocab_size=1000),  # gpu_check.py's plumbing check on a CPU
 }
 
 
