@@ -9,7 +9,6 @@ a standalone model whose weights derive from the base model's, which is what str
 """
 from __future__ import annotations
 
-import json
 import os
 import shlex
 from pathlib import Path
@@ -117,16 +116,10 @@ def command(job: dict) -> str:
 # --- the card ---------------------------------------------------------------------------------------
 
 def _load(folder: Path, name: str) -> dict | None:
+    from .outputs import read_json_object
+
     file = folder / name
-    if not file.is_file():
-        return None
-    try:
-        data = json.loads(file.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise InvalidOptionError(f"{file} is not valid JSON ({exc}); it is written by hubprune: prune again") from None
-    if not isinstance(data, dict):
-        raise InvalidOptionError(f"{file} must hold a JSON object; it is written by hubprune: prune again")
-    return data
+    return read_json_object(file, InvalidOptionError, "hubprune wrote it: prune again") if file.is_file() else None
 
 
 def eval_results(results: dict | None) -> list:

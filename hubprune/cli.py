@@ -73,10 +73,10 @@ class _Parser(argparse.ArgumentParser):
 
 
 # Method-specific flags, passed to the method as options (a method refuses the ones it does not take).
-METHOD_OPTIONS = ("plan", "calib_data", "calib_samples", "ffn_multiple", "value_multiple", "alpha", "stage2_samples", "stage2",
-                  "stage2_batch", "shortgpt_tokens", "blockpruner_mode", "evopress_generations", "evopress_tokens",
+METHOD_OPTIONS = ("plan", "calib_data", "calib_samples", "ffn_multiple", "value_multiple", "alpha", "stage2_samples",
+                  "stage2", "stage2_batch", "shortgpt_tokens", "blockpruner_mode", "evopress_generations", "evopress_tokens",
                   "evopress_seq_len", "evopress_offspring", "evopress_initial", "evopress_selection_tokens",
-                  "evopress_batch", "fasp_sparsity_semantics", "no_restore", "slicegpt_orientation")
+                  "evopress_batch", "fasp_sparsity_semantics", "fasp_gram_dtype", "no_restore", "slicegpt_orientation")
 
 
 def _csv(value: str) -> list[str]:
@@ -194,6 +194,9 @@ def _prune_options(p: argparse.ArgumentParser) -> None:
     f.add_argument("--fasp-sparsity-semantics", choices=["params", "columns"],
                    help="params: remove --sparsity of the decoder-layer parameters (comparable with 2SSP); "
                         "columns: remove --sparsity of each pair's columns, fewer parameters since Q/K stay [params]")
+    f.add_argument("--fasp-gram-dtype", choices=["auto", "float32", "float64"],
+                   help="precision of the Gram matrices: auto = fp64 for layers wider than 16384 (fast on H100/H200, "
+                        "20-60x slower on consumer GPUs), float32 everywhere, or float64 everywhere [auto]")
     f.add_argument("--value-multiple", type=int, metavar="M",
                    help="round the kept value channels per head to a multiple of M: on CUDA the memory-efficient "
                         "attention kernel needs bf16 value widths divisible by 8 (else the math kernel, slow and "

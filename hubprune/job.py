@@ -32,7 +32,8 @@ def check_model_reference(reference: str) -> Path | None:
 
 @dataclass
 class PruneJob:
-    """Every setting of a prune run; recorded verbatim in the output's hubprune.json."""
+    """Every setting of a prune run; recorded in the output's hubprune.json (local paths by their names,
+    see `privacy.public`)."""
 
     model: str
     method: str

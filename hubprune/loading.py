@@ -3,7 +3,6 @@ fits before loading it, and load it with its tokenizer on the requested device a
 from __future__ import annotations
 
 import errno
-import json
 import logging
 import shutil
 from collections.abc import Callable
@@ -31,6 +30,7 @@ from .errors import (
 from .families import Family, get_family
 from .job import check_model_reference
 from .modeling import OWN_CLASSES, register_own_classes
+from .outputs import read_json_object
 from .sequential import ShardReader
 from .surgery import model_class, total_parameters
 
@@ -194,13 +194,7 @@ def check_weights(source: ModelSource) -> None:
 
 def read_json(path: Path) -> dict:
     """A model folder's JSON file, or one line that says which file is broken."""
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ModelNotFoundError(f"{path} is not valid JSON ({exc}); re-download or repair the model folder") from None
-    if not isinstance(data, dict):
-        raise ModelNotFoundError(f"{path} must hold a JSON object; re-download or repair the model folder")
-    return data
+    return read_json_object(path, ModelNotFoundError, "re-download or repair the model folder")
 
 
 def code_trust(source: ModelSource) -> bool:

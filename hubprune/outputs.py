@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import json
 import logging
 import os
 import re
@@ -27,6 +28,17 @@ from .errors import InsufficientResourcesError, OutputBusyError, OutputExistsErr
 
 RECORD_FILENAME = "hubprune.json"  # every hubprune output holds it: what marks a folder as ours
 log = logging.getLogger("hubprune")
+
+
+def read_json_object(path: Path, error: type[Exception], advice: str) -> dict:
+    """A JSON object from a model or output folder, or one line (`error`) naming the broken file."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise error(f"{path} is not valid JSON ({exc}); {advice}") from None
+    if not isinstance(data, dict):
+        raise error(f"{path} must hold a JSON object; {advice}")
+    return data
 
 
 def is_hubprune_output(folder: Path) -> bool:

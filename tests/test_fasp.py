@@ -51,7 +51,6 @@ def test_value_widths_are_rounded_for_fast_attention_kernels_and_the_ffn_absorbs
 
 
 def test_flash_attention_is_claimed_only_without_value_pruned_layers():
-    from hubprune.plan import PrunePlan
     from hubprune.surgery import apply_plan
 
     model = AutoModelForCausalLM.from_config(LlamaConfig(hidden_size=64, intermediate_size=96, num_hidden_layers=2,
@@ -128,6 +127,23 @@ def test_selection_and_refit_equal_an_independent_computation_on_block_0(runs, e
     ffn_keep = result.record["method_report"]["widths"]["ffn_keep"]
     neurons = sorted(torch.argsort(-column_scores(mlp.down_proj.weight.double(), h_d), stable=True)[:ffn_keep].tolist())
     assert len(set(neurons) ^ set(plan.keep_ffn_neurons[0])) <= 2  # fp32 vs fp64 statistics may swap a near-tie
+
+
+def test_fp32_gram_matrices_choose_like_fp64_on_real_weights(embedded_model, tmp_path):
+    """The cheaper path (--fasp-gram-dtype float32, for GPUs slow at fp64) is offered because it selects
+    the same channels as fp64 on the embedded model, up to near-ties, and scores the same."""
+    run = dict(sparsity=0.3, device="cpu", seq_len=64, ppl=["default"], max_windows=4, loaded=embedded_model)
+    plans, ppl = {}, {}
+    for dtype in ("float32", "float64"):
+        result = hubprune.prune("default", "fasp", output=tmp_path / dtype, **run,
+                                options={"calib_samples": 8, "calib_data": "default", "fasp_gram_dtype": dtype})
+        plans[dtype] = PrunePlan.load(tmp_path / dtype / "hubprune_plan.json")
+        ppl[dtype] = result.record["evaluation"]["perplexity"]["default"]["pruned"]["perplexity"]
+    differing = sum(len(set(plans["float32"].keep_ffn_neurons[l]) ^ set(plans["float64"].keep_ffn_neurons[l]))
+                    for l in plans["float64"].keep_ffn_neurons)
+    total = sum(len(v) for v in plans["float64"].keep_ffn_neurons.values())
+    assert differing / total < 0.01
+    assert ppl["float32"] == pytest.approx(ppl["float64"], rel=0.01)
 
 
 @pytest.mark.parametrize("sparsity", [0.1, 0.2, 0.3])

@@ -76,7 +76,7 @@ def test_preflight_refuses_with_the_numbers_and_the_option_that_helps():
     check = preflight(config, torch.float32, torch.device("cpu"), output=None)
     assert check.needed["ram"] > check.model_bytes > 0
     check.available["ram"] = check.needed["ram"] - 1
-    with pytest.raises(InsufficientResourcesError, match=r"needs about .* GiB .* free; use --dtype bfloat16"):
+    with pytest.raises(InsufficientResourcesError, match=r"needs about .* GiB .* free; use --offload, --dtype bfloat16"):
         check.check(output=None)
 
 

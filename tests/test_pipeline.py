@@ -29,15 +29,20 @@ def test_a_failed_run_leaves_no_output_and_no_temporary_folder(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["plan.json", "src"]
 
 
-def test_existing_output_is_kept_unless_overwrite(tmp_path):
+def test_existing_output_is_kept_unless_overwrite_and_a_users_folder_always(tmp_path):
     tiny_model("qwen2").save_pretrained(tmp_path / "src")
     (tmp_path / "plan.json").write_text(json.dumps({"drop_blocks": [0]}))
-    (tmp_path / "out").mkdir()
-    (tmp_path / "out" / "keep.txt").write_text("mine")
-    run = dict(options={"plan": str(tmp_path / "plan.json")}, output=tmp_path / "out", device="cpu")
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "keep.txt").write_text("mine")
+    run = dict(options={"plan": str(tmp_path / "plan.json")}, device="cpu")
+    for overwrite in (False, True):  # --overwrite replaces hubprune outputs only
+        with pytest.raises(OutputExistsError):
+            hubprune.prune(str(tmp_path / "src"), "manual", output=tmp_path / "mine", overwrite=overwrite, **run)
+    assert (tmp_path / "mine" / "keep.txt").read_text() == "mine"
+    hubprune.prune(str(tmp_path / "src"), "manual", output=tmp_path / "out", **run)
+    (tmp_path / "out" / "stale.txt").write_text("from an earlier run")
     with pytest.raises(OutputExistsError):
-        hubprune.prune(str(tmp_path / "src"), "manual", **run)
-    assert (tmp_path / "out" / "keep.txt").read_text() == "mine"
-    hubprune.prune(str(tmp_path / "src"), "manual", overwrite=True, **run)
-    assert not (tmp_path / "out" / "keep.txt").exists() and (tmp_path / "out" / "config.json").is_file()
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "plan.json", "src"]
+        hubprune.prune(str(tmp_path / "src"), "manual", output=tmp_path / "out", **run)
+    hubprune.prune(str(tmp_path / "src"), "manual", output=tmp_path / "out", overwrite=True, **run)
+    assert not (tmp_path / "out" / "stale.txt").exists() and (tmp_path / "out" / "config.json").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mine", "out", "plan.json", "src"]

@@ -33,6 +33,9 @@ log = logging.getLogger("hubprune")
 
 DAMPING = 0.01  # λ = 0.01 · mean(diag H[S,S]) [REC, the SparseGPT / SliceGPT habit]
 FP64_GRAM_ABOVE = 16384  # accumulate H in fp64 for layers wider than this [REC]
+# --fasp-gram-dtype: auto (fp64 above FP64_GRAM_ABOVE), or one dtype for every layer. fp64 is 20-60x
+# slower than fp32 on consumer GPUs; the tests check that fp32 selects the same channels on real weights.
+GRAM_DTYPES = {"auto": FP64_GRAM_ABOVE, "float32": float("inf"), "float64": 0}
 
 
 @dataclass(frozen=True)
@@ -98,7 +101,7 @@ class FASP(PruningMethod):
     summary = "interlinked column/row pruning of value and FFN channels with least-squares restoration"
     paper = "FASP: Fast and Accurate Structured Pruning of Large Language Models (2025), arXiv:2501.09412"
     defaults = {"calib_data": "auto", "calib_samples": 32, "ffn_multiple": 8, "value_multiple": 8,
-                "fasp_sparsity_semantics": "params", "no_restore": False}
+                "fasp_sparsity_semantics": "params", "fasp_gram_dtype": "auto", "no_restore": False}
     options = tuple(defaults)
 
     def check_options(self, options: dict) -> None:
@@ -106,6 +109,8 @@ class FASP(PruningMethod):
         if opts["fasp_sparsity_semantics"] not in ("params", "columns"):
             raise InvalidOptionError("--fasp-sparsity-semantics: choose params (decoder-layer parameters, default) "
                                      "or columns (the fraction of each pair's columns)")
+        if opts["fasp_gram_dtype"] not in GRAM_DTYPES:
+            raise InvalidOptionError(f"--fasp-gram-dtype: choose {', '.join(GRAM_DTYPES)}")
         if min(int(opts["calib_samples"]), int(opts["ffn_multiple"]), int(opts["value_multiple"])) < 1:
             raise InvalidOptionError("--calib-samples, --ffn-multiple and --value-multiple must be at least 1")
 
@@ -116,7 +121,7 @@ class FASP(PruningMethod):
         windows = self.with_defaults(options)["calib_samples"]
         ffn = getattr(config, "intermediate_size", None) or config.ffn_dim
         width = max(ffn, config.hidden_size)
-        gram = width * width * (8 if width > FP64_GRAM_ABOVE else 4)
+        gram = width * width * (8 if width > GRAM_DTYPES[self.with_defaults(options)["fasp_gram_dtype"]] else 4)
         ffn_batch = min(8, int(windows)) * seq_len * ffn * itemsize
         return {"device": 3 * window_bytes(config, windows, seq_len, itemsize) + 3 * gram + ffn_batch}
 
@@ -141,7 +146,7 @@ class FASP(PruningMethod):
         started = time.perf_counter()
         plan, timings = prune_blocks(context.stack(), windows, plan_widths, context.restored,
                                      restore_weights=not opts["no_restore"], damping=DAMPING,
-                                     fp64_above=FP64_GRAM_ABOVE)
+                                     fp64_above=GRAM_DTYPES[opts["fasp_gram_dtype"]])
         timings["total"] = time.perf_counter() - started
         w = plan_widths
         context.report.update(
