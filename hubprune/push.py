@@ -12,8 +12,8 @@ import yaml
 
 from .card import validate_card, write_card
 from .errors import InvalidOptionError, OutputExistsError
-from .privacy import public
 from .hub import PublishResult, check_repo_id, check_transfer_protocol, hub_api, publish_folder, resolve_token, whoami
+from .privacy import public
 
 log = logging.getLogger("hubprune")
 

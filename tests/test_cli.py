@@ -102,37 +102,45 @@ def tiny_folder(tmp_path):
     return tmp_path / "m"
 
 
-def one_line_error(out, message):
-    assert out.returncode == 2, out.stderr
-    assert len(out.stderr.strip().splitlines()) == 1 and "Traceback" not in out.stderr, out.stderr
-    assert message in out.stderr, out.stderr
+def one_line_error(capsys, argv, message):
+    """`main(argv)` in this process (a subprocess per case costs a torch import): exit 2, one line."""
+    from hubprune.cli import main
+
+    capsys.readouterr()  # what came before is not the command's
+    code = main(argv)
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+    assert message in err, err
 
 
-def test_damaged_model_files_are_one_line(tiny_folder):
-    plan = str(tiny_folder.parent / "plan.yaml")
+def test_damaged_model_files_are_one_line(tiny_folder, capsys, monkeypatch):
+    monkeypatch.chdir(tiny_folder.parent)
     weights = tiny_folder / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
-    for command in (["prune", str(tiny_folder), "--method", "manual", "--plan", plan, "-o", "out", "--device", "cpu"],
-                    ["eval", str(tiny_folder), "--ppl", "default", "--device", "cpu"]):
-        one_line_error(hubprune(*command, cwd=tiny_folder.parent), "damaged or incomplete")
+    for argv in (["prune", str(tiny_folder), "--method", "manual", "--plan", "plan.yaml", "-o", "out", "--device", "cpu"],
+                 ["eval", str(tiny_folder), "--ppl", "default", "--device", "cpu"]):
+        one_line_error(capsys, argv, "damaged or incomplete")
     (tiny_folder / "config.json").write_text('{"model_type": "llama",')
-    one_line_error(hubprune("info", str(tiny_folder)), "config.json is not valid JSON")
+    one_line_error(capsys, ["info", str(tiny_folder)], "config.json is not valid JSON")
 
 
-def test_card_on_a_corrupt_record_is_one_line(tiny_folder, tmp_path):
-    out = hubprune("prune", str(tiny_folder), "--method", "manual", "--plan", str(tmp_path / "plan.yaml"),
-                   "-o", str(tmp_path / "out"), "--device", "cpu")
-    assert out.returncode == 0, out.stderr
+def test_card_on_a_corrupt_record_is_one_line(tiny_folder, tmp_path, capsys):
+    import hubprune as library
+
+    library.prune(str(tiny_folder), "manual", options={"plan": str(tmp_path / "plan.yaml")}, output=tmp_path / "out",
+                  device="cpu")
     (tmp_path / "out" / "hubprune.json").write_text("{truncated")
-    one_line_error(hubprune("card", str(tmp_path / "out")), "hubprune.json is not valid JSON")
+    one_line_error(capsys, ["card", str(tmp_path / "out")], "hubprune.json is not valid JSON")
 
 
-def test_eval_output_dot_is_the_current_folder(tiny_folder, tmp_path):
+def test_eval_output_dot_is_the_current_folder(tiny_folder, tmp_path, monkeypatch):
+    from hubprune.cli import main
+
     work = tmp_path / "work"
     work.mkdir()
-    out = hubprune("eval", str(tiny_folder), "--speed", "--speed-tokens", "8", "--device", "cpu", "--output", ".",
-                   cwd=work)
-    assert out.returncode == 0, out.stderr
+    monkeypatch.chdir(work)
+    assert main(["eval", str(tiny_folder), "--speed", "--speed-tokens", "8", "--device", "cpu", "--output", "."]) == 0
     assert (work / "results.json").is_file() and not list(tmp_path.glob(".work.*"))
 
 

@@ -4,9 +4,6 @@ classes whatever the .py files in their folder say. Each test plants code that l
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
-
 import pytest
 import torch
 from conftest import tiny_model
@@ -26,8 +23,12 @@ class EvilConfig(LlamaConfig):
 """
 
 
-def hubprune(*args):
-    return subprocess.run([sys.executable, "-m", "hubprune.cli", *args], capture_output=True, text=True)
+def hubprune(capsys, *args) -> tuple[int, str]:
+    from hubprune.cli import main
+
+    capsys.readouterr()  # what came before is not the command's
+    code = main(list(args))
+    return code, capsys.readouterr().err
 
 
 def plant(folder, marker, *, where: str = "config.json"):
@@ -48,21 +49,21 @@ def stranger(tmp_path):
     return folder, marker
 
 
-def test_info_on_a_folder_with_its_own_code_refuses_in_one_line_and_runs_nothing(stranger):
+def test_info_on_a_folder_with_its_own_code_refuses_in_one_line_and_runs_nothing(stranger, capsys):
     folder, marker = stranger
-    out = hubprune("info", str(folder))
-    assert out.returncode == 2, out.stderr
-    assert out.stderr.count("\n") == 1 and "--trust-remote-code" in out.stderr and "configuration_evil" in out.stderr
+    code, err = hubprune(capsys, "info", str(folder))
+    assert code == 2, err
+    assert err.count("\n") == 1 and "--trust-remote-code" in err and "configuration_evil" in err
     assert not marker.exists()
 
 
-def test_load_and_prune_refuse_it_too(stranger, tmp_path):
+def test_load_and_prune_refuse_it_too(stranger, tmp_path, capsys):
     folder, marker = stranger
     with pytest.raises(RemoteCodeError):
         load_model(str(folder), device="cpu")
-    out = hubprune("prune", str(folder), "--method", "shortgpt", "--sparsity", "0.2", "--calib-data", "default",
-                   "--device", "cpu", "-o", str(tmp_path / "out"))
-    assert out.returncode == 2 and "--trust-remote-code" in out.stderr
+    code, err = hubprune(capsys, "prune", str(folder), "--method", "shortgpt", "--sparsity", "0.2", "--calib-data",
+                         "default", "--device", "cpu", "-o", str(tmp_path / "out"))
+    assert code == 2 and "--trust-remote-code" in err
     assert not marker.exists() and not (tmp_path / "out").exists()
 
 
