@@ -72,14 +72,16 @@ def test_a_second_run_on_the_same_output_is_refused_at_once(source, tmp_path):
     run(source, out)  # free again
 
 
-def test_the_lock_is_held_across_processes(source, tmp_path):
+def test_the_lock_is_held_across_processes(tmp_path):
     out = tmp_path / "out"
+    script = ("import sys\nfrom hubprune.outputs import OutputLock\nfrom hubprune.errors import OutputBusyError\n"
+              "try:\n    OutputLock(sys.argv[1]).__enter__()\nexcept OutputBusyError as exc:\n"
+              "    print(exc)\n    sys.exit(2)")
     with OutputLock(out):
-        folder, plan = source
-        result = subprocess.run([sys.executable, "-m", "hubprune.cli", "prune", str(folder), "--method", "manual",
-                                 "--plan", str(plan), "--device", "cpu", "-o", str(out)],
-                                capture_output=True, text=True)
-    assert result.returncode == 2 and "another hubprune run" in result.stderr and not out.exists()
+        busy = subprocess.run([sys.executable, "-c", script, str(out)], capture_output=True, text=True)
+    assert busy.returncode == 2 and f"another hubprune run (pid {os.getpid()})" in busy.stdout
+    free = subprocess.run([sys.executable, "-c", script, str(out)], capture_output=True, text=True)
+    assert free.returncode == 0, free.stdout + free.stderr
 
 
 def test_the_target_is_checked_again_at_the_final_rename(tmp_path):
