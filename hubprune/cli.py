@@ -351,8 +351,7 @@ def _run(args: argparse.Namespace) -> None:
         settings = EvalSettings(ppl=args.ppl, seq_len=args.seq_len, max_windows=args.max_windows, **_evaluation(args))
         settings.validate()
         check_model_reference(args.model)
-        if not settings:
-            raise InvalidOptionError("nothing to evaluate: pass --ppl CORPORA, --tasks TASKS and/or --speed")
+        settings.check_not_empty()
         from .pipeline import evaluate
 
         results = evaluate(args.model, ppl=args.ppl, output=args.output, baseline=args.baseline, device=args.device,

@@ -12,7 +12,6 @@ from .evaluation.settings import EvalSettings
 from .methods import get_method
 
 
-
 def check_model_reference(reference: str) -> Path | None:
     """The local model folder or .gguf file `reference` names (None for a Hub repo id or the embedded
     default); a reference that can only be a local path but names nothing there is refused."""

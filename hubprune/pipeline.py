@@ -17,6 +17,7 @@ import transformers
 
 from . import __version__
 from .card import source_license
+from .embedded import DEFAULT_MODEL
 from .errors import HubPruneError, InvalidOptionError
 from .evaluation.settings import RESULTS_FILENAME, EvalSettings
 from .evaluation.suite import Evaluation
@@ -117,7 +118,7 @@ def _prune(job: PruneJob, *, token: str | None, loaded: LoadedModel | None) -> P
         loaded = load_model(model, device=job.device, dtype=job.dtype, revision=job.revision, token=token,
                             output=output, offload=job.offload, check=check, trust_remote_code=job.trust_remote_code,
                             working_memory=lambda config, dtype: method_impl.working_memory(
-                                config, dtype.itemsize, seq_len, sparsity, method_impl.with_defaults(job.options)))
+                                config, dtype.itemsize, seq_len, sparsity, job.options))
     dense = loaded.model
     settings = job.eval_settings()
     settings.check_in_memory(loaded.shards is not None)
@@ -146,7 +147,7 @@ def _prune(job: PruneJob, *, token: str | None, loaded: LoadedModel | None) -> P
         record = {
             "hubprune_version": __version__,
             "job": {**asdict(job), "output": output.name, "run_dir": run_dir and Path(run_dir).name},
-            "job_key": job.resume_key(),  # what `push` compares to tell whether a folder holds a job's result
+            "job_key": key["job"],  # what `push` compares to tell whether a folder holds a job's result
             "source": {"reference": loaded.source.reference, "repo_id": loaded.source.repo_id,
                        "revision": loaded.source.revision, "model_type": dense.config.model_type,
                        "dtype": str(loaded.dtype).removeprefix("torch."),
@@ -236,8 +237,7 @@ def evaluate(model: str, *, ppl: list[str] | None = None, output: str | Path | N
     With `output`, finished parts are kept in a run folder next to it, so the same call resumes."""
     settings = EvalSettings(ppl=list(ppl or []), seq_len=seq_len, max_windows=max_windows, **options)
     settings.validate()
-    if not settings:
-        raise InvalidOptionError("nothing to evaluate: pass --ppl CORPORA, --tasks TASKS and/or --speed")
+    settings.check_not_empty()
     results_path = Path(output) / RESULTS_FILENAME if output else None
     if results_path is not None and results_path.exists() and not overwrite:
         raise InvalidOptionError(f"{results_path} already exists; pass --overwrite to replace it")
@@ -296,7 +296,7 @@ def baseline_reference(record: dict | None, baseline: str | None) -> str | None:
     if not record:
         return None
     source = record["source"]
-    if not source.get("repo_id") and source.get("reference") != "default":
+    if not source.get("repo_id") and source.get("reference") != DEFAULT_MODEL:
         raise InvalidOptionError(f"this model was pruned from the local model {source.get('reference')!r}, whose path "
                                  "is not recorded (outputs name no local paths): pass --baseline PATH, or --baseline none")
     return source["reference"]

@@ -61,11 +61,14 @@ def _layer(key, where: str) -> int:
     raise PlanError(f"{where}: layer key {key!r} is not a layer index (write 0, 1, 2, ...)")
 
 
-def _unique_keys(pairs: list[tuple]) -> dict:
-    keys = [k for k, _ in pairs]
+def _refuse_duplicates(keys: list, where: str = "") -> None:
     duplicate = next((k for k in keys if keys.count(k) > 1), None)
     if duplicate is not None:
-        raise PlanError(f"key {duplicate!r} appears twice")
+        raise PlanError(f"key {duplicate!r} appears twice{where}")
+
+
+def _unique_keys(pairs: list[tuple]) -> dict:
+    _refuse_duplicates([k for k, _ in pairs])
     return dict(pairs)
 
 
@@ -73,10 +76,8 @@ class _UniqueKeyLoader(yaml.SafeLoader):
     """YAML's safe loader, refusing a mapping that repeats a key (PyYAML keeps the last silently)."""
 
     def construct_mapping(self, node, deep=False):
-        keys = [self.construct_object(key, deep=deep) for key, _ in node.value]
-        duplicate = next((k for k in keys if keys.count(k) > 1), None)
-        if duplicate is not None:
-            raise PlanError(f"key {duplicate!r} appears twice (line {node.start_mark.line + 1})")
+        _refuse_duplicates([self.construct_object(key, deep=deep) for key, _ in node.value],
+                           f" (line {node.start_mark.line + 1})")
         return super().construct_mapping(node, deep=deep)
 
 

@@ -25,8 +25,6 @@ from .errors import InvalidOptionError
 from .evaluation.perplexity import PerplexityResult, window_nll
 
 SAFETENSORS_INDEX = "model.safetensors.index.json"
-_ITEMSIZE = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1,
-             "F8_E4M3": 1, "F8_E5M2": 1}
 
 
 class ShardReader:
@@ -50,29 +48,23 @@ class ShardReader:
     def names(self, prefix: str = "") -> list[str]:
         return [name for name in self.files if name.startswith(prefix)]
 
-    def nbytes(self, names: list[str]) -> int:
-        """Bytes of `names` as stored, from the shards' headers (no tensor is read)."""
-        total = 0
+    def _by_file(self, names: list[str]) -> dict[Path, list[str]]:
         by_file: dict[Path, list[str]] = {}
         for name in names:
             by_file.setdefault(self.files[name], []).append(name)
-        for file, file_names in by_file.items():
+        return by_file
+
+    def numel(self, names: list[str]) -> int:
+        """Elements of `names`, from the shards' headers (no tensor is read)."""
+        total = 0
+        for file, file_names in self._by_file(names).items():
             with safe_open(file, framework="pt") as f:
-                for name in file_names:
-                    piece = f.get_slice(name)
-                    total += math.prod(piece.get_shape()) * _ITEMSIZE[piece.get_dtype()]
+                total += sum(math.prod(f.get_slice(name).get_shape()) for name in file_names)
         return total
 
-    def itemsize(self, name: str) -> int:
-        with safe_open(self.files[name], framework="pt") as f:
-            return _ITEMSIZE[f.get_slice(name).get_dtype()]
-
     def read(self, names: list[str], *, device: torch.device, dtype: torch.dtype | None) -> dict[str, torch.Tensor]:
-        by_file: dict[Path, list[str]] = {}
-        for name in names:
-            by_file.setdefault(self.files[name], []).append(name)
         out = {}
-        for file, file_names in by_file.items():
+        for file, file_names in self._by_file(names).items():
             with safe_open(file, framework="pt", device=str(device)) as f:
                 for name in file_names:
                     tensor = f.get_tensor(name)
@@ -134,9 +126,7 @@ def host_cache_fits(shards: ShardReader, prefix: str, device: torch.device, dtyp
     from .loading import available_ram
 
     ram = available_ram()
-    names = shards.names(prefix)
-    blocks_bytes = shards.nbytes(names) * dtype.itemsize // shards.itemsize(names[0]) if names else 0
-    return ram is not None and blocks_bytes < ram // 2
+    return ram is not None and shards.numel(shards.names(prefix)) * dtype.itemsize < ram // 2
 
 
 @dataclass

@@ -19,7 +19,6 @@ from tqdm.auto import tqdm
 from .settings import PPL_MODES
 
 
-
 @dataclass
 class PerplexityResult:
     perplexity: float

@@ -42,6 +42,10 @@ class EvalSettings:
             if value is not None and value < 1:
                 raise InvalidOptionError(f"{flag} must be at least 1")
 
+    def check_not_empty(self) -> None:
+        if not self:
+            raise InvalidOptionError("nothing to evaluate: pass --ppl CORPORA, --tasks TASKS and/or --speed")
+
     def check_in_memory(self, streamed: bool) -> None:
         if streamed and (self.tasks or self.speed):
             raise InvalidOptionError("--tasks and --speed need the whole model in memory, and this one is streamed "

@@ -113,15 +113,14 @@ class EvoPress(BlockBudgetMethod):
         """On the device: the hidden states of a selection step's minibatch for every distinct candidate
         prefix (at most the offspring and their parent). On the host: the dense logits of every calibration
         token (in RAM, or in the run folder when over half of the free RAM: "disk")."""
-        from ..loading import available_ram
+        from .kl_fitness import spills
 
         opts = self.with_defaults(options)
         tokens = int(opts["evopress_tokens"])
         step_tokens = max(_ints(opts["evopress_selection_tokens"]))
         device = (int(opts["evopress_offspring"]) + 2) * window_bytes(config, 1, step_tokens, itemsize)
         logits = tokens * config.vocab_size * itemsize
-        ram = available_ram()
-        return {"device": device, "disk" if ram is not None and logits > ram // 2 else "host": logits}
+        return {"device": device, "disk" if spills(logits) else "host": logits}
 
     def settings(self, context: PruneContext) -> dict:
         """Every setting of the search, defaults resolved for this model (recorded in the report)."""

@@ -118,10 +118,11 @@ class FASP(PruningMethod):
         """The windows' states three times (block inputs, o_proj inputs, mid-block states), the Gram matrix
         of the widest refitted layer with the Cholesky factor and solve beside it (fp64 above
         FP64_GRAM_ABOVE), and one batch's FFN activations."""
-        windows = self.with_defaults(options)["calib_samples"]
+        opts = self.with_defaults(options)
+        windows = opts["calib_samples"]
         ffn = getattr(config, "intermediate_size", None) or config.ffn_dim
         width = max(ffn, config.hidden_size)
-        gram = width * width * (8 if width > GRAM_DTYPES[self.with_defaults(options)["fasp_gram_dtype"]] else 4)
+        gram = width * width * (8 if width > GRAM_DTYPES[opts["fasp_gram_dtype"]] else 4)
         ffn_batch = min(8, int(windows)) * seq_len * ffn * itemsize
         return {"device": 3 * window_bytes(config, windows, seq_len, itemsize) + 3 * gram + ffn_batch}
 

@@ -29,6 +29,12 @@ def _token_chunk(vocab: int) -> int:
     return max(1, 2**27 // vocab)
 
 
+def spills(nbytes: int) -> bool:
+    """Whether dense logits of `nbytes` go to a mapped file: over half of the free RAM."""
+    ram = available_ram()
+    return ram is not None and nbytes > ram // 2
+
+
 class DenseLogits:
     """Dense logits [sequences, seq_len, vocab] of `sequences` on the CPU (in RAM or a mapped file)."""
 
@@ -39,8 +45,7 @@ class DenseLogits:
         dtype = stack.dtype
         size = count * seq_len * vocab
         nbytes = size * torch.empty((), dtype=dtype).element_size()
-        ram = available_ram()
-        self.spilled = ram is not None and nbytes > ram // 2 and spill_dir is not None
+        self.spilled = spill_dir is not None and spills(nbytes)
         marker = None
         if nbytes > 2**30:  # said before an hour of work, not discovered after it
             log.warning("EvoPress keeps the dense logits of %d calibration tokens: %.1f GB %s; --evopress-tokens "
