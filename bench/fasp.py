@@ -28,9 +28,9 @@ from hubprune.evaluation.perplexity import perplexity
 from hubprune.families import get_family
 from hubprune.loading import LoadedModel, ModelSource, load_model, resolve_device
 from hubprune.methods.fasp import module_counts, widths
-from hubprune.methods.fasp_blocks import prune_blocks
-from hubprune.methods.twossp import DEFAULTS, TwoStageMethod
-from hubprune.methods.twossp_stages import two_stages
+from hubprune.methods.compute.fasp_blocks import prune_blocks
+from hubprune.methods.twossp import TwoStageMethod, TwoStageOptions
+from hubprune.methods.compute.twossp_stages import two_stages
 from hubprune.pipeline import environment, seed_everything
 from hubprune.plan import PrunePlan
 from hubprune.runs import LayerTensors
@@ -84,7 +84,7 @@ def bench_model(name: str, args) -> dict:
         (plan, split), fasp_seconds, fasp_peak = timed(
             device, lambda: prune_blocks(DecoderStack(loaded), windows, fasp_widths, restored, progress=False))
         fasp_model = apply_plan(model, plan, overrides=restored) if loaded.tokenizer is not None else None
-    budget = TwoStageMethod.budget(model, args.sparsity, {**DEFAULTS, "ffn_multiple": args.ffn_multiple})
+    budget = TwoStageMethod.budget(model, args.sparsity, TwoStageOptions(ffn_multiple=args.ffn_multiple))
     run, twossp_seconds, twossp_peak = timed(
         device, lambda: two_stages(DecoderStack(loaded), windows, keep=budget.keep, n_attn=budget.n_attn,
                                    stage2_batch=8, progress=False))

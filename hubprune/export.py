@@ -17,7 +17,7 @@ from transformers import PretrainedConfig, PreTrainedModel
 
 from .modeling import REMOTE_CODE_FILES
 from .outputs import RECORD_FILENAME
-from .plan import PLAN_FILENAME, PrunePlan
+from .plan import PLAN_FILENAME, BoundPlan, PrunePlan
 from .privacy import public
 from .sequential import SAFETENSORS_INDEX
 from .surgery import prune_block, pruned_outside
@@ -94,24 +94,22 @@ class ShardWriter:
                                                      "weight_map": weight_map})
 
 
-def save_streamed_weights(folder: Path, loaded, plan: PrunePlan, *, max_shard_size: int | None = None,
+def save_streamed_weights(folder: Path, loaded, bound: BoundPlan, *, max_shard_size: int | None = None,
                           overrides=None) -> None:
     """The pruned weights of a model loaded with offload, read from its shards one block at a time."""
     family, shards = loaded.family, loaded.shards
-    num_layers = loaded.model.config.num_hidden_layers
-    plan = plan.normalized(num_layers)
     writer = ShardWriter(folder, max_shard_size)
     cpu = torch.device("cpu")
     outside = [n for n in shards.names() if not n.startswith(family.layers_prefix)]
-    outside = pruned_outside(shards.read(outside, device=cpu, dtype=loaded.dtype), plan, family, overrides)
+    outside = pruned_outside(shards.read(outside, device=cpu, dtype=loaded.dtype), bound, family, overrides)
     for name, tensor in outside.items():
         writer.add(name, tensor)
-    for new_index, layer in enumerate(plan.kept_layers(num_layers)):
+    for new_index, layer in enumerate(bound.kept_layers):
         prefix = f"{family.layers_prefix}{layer}."
         tensors = shards.read(shards.names(prefix), device=cpu, dtype=loaded.dtype)
         local = {name[len(prefix):]: tensor for name, tensor in tensors.items()}
         restored = overrides(layer) if overrides else None
-        for name, tensor in prune_block(local, layer, plan, family, loaded.model.config, restored).items():
+        for name, tensor in prune_block(local, layer, bound, family, loaded.model.config, restored).items():
             writer.add(f"{family.layers_prefix}{new_index}.{name}", tensor)
     writer.close()
 

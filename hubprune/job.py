@@ -1,32 +1,30 @@
-"""A prune job's settings (`PruneJob`), validated without importing torch, so that a bad option is
-refused at once."""
+"""The settings of hubprune's jobs, declared once: `PruneJob` (a prune run), `PushSettings` (what
+`push` and a recipe add: where and how to publish) and, in `evaluation.settings`, `EvalSettings`.
+Every field is a `schema.setting`; the command-line flags, the recipe keys and their checks, the card's
+"reproduce this" command and recipe, and hubprune.json's `job` block are all generated from them.
+Nothing here imports torch, so a bad setting is refused at once."""
 from __future__ import annotations
 
+import dataclasses
 import hashlib
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from .embedded import DEFAULT_MODEL
-from .errors import InvalidOptionError, ModelNotFoundError
+from . import schema
+from .errors import InvalidOptionError
 from .evaluation.settings import EvalSettings
 from .methods import get_method
+from .references import check_model_reference
+
+MODEL, METHOD, PUBLISHING = "model and device", "method", "publishing"
 
 
-def check_model_reference(reference: str) -> Path | None:
-    """The local model folder or .gguf file `reference` names (None for a Hub repo id or the embedded
-    default); a reference that can only be a local path but names nothing there is refused."""
-    if reference == DEFAULT_MODEL:
-        return None
-    local = Path(reference).expanduser()
-    if local.is_file() and local.suffix == ".gguf":
-        return local
-    if local.is_dir():
-        if not (local / "config.json").is_file():
-            raise ModelNotFoundError(f"{local} is a folder but holds no config.json; point to a model folder")
-        return local
-    if reference.startswith((".", "/", "~")) or reference.count("/") > 1 or local.is_file():
-        raise ModelNotFoundError(f"no such model folder or .gguf file: {reference}")
-    return None
+def _like(cls: type, name: str) -> dataclasses.Field:
+    """A field declared as `cls`'s field `name` (one declaration, two owners)."""
+    f = next(f for f in dataclasses.fields(cls) if f.name == name)
+    if f.default_factory is not dataclasses.MISSING:
+        return dataclasses.field(default_factory=f.default_factory, metadata=f.metadata)
+    return dataclasses.field(default=f.default, metadata=f.metadata)
 
 
 @dataclass
@@ -34,26 +32,47 @@ class PruneJob:
     """Every setting of a prune run; recorded in the output's hubprune.json (local paths by their names,
     see `privacy.public`)."""
 
-    model: str
-    method: str
-    output: str
-    sparsity: float | None = None
-    options: dict = field(default_factory=dict)  # method-specific options
-    device: str = "auto"
-    dtype: str = "auto"
-    seed: int = 0
-    revision: str | None = None
-    ppl: list[str] = field(default_factory=list)  # corpora to evaluate dense and pruned on
-    seq_len: int = 2048
-    max_windows: int | None = None
-    offload: bool | None = None  # stream blocks from the shards: True always, None when the model does not fit
-    overwrite: bool = False
-    run_dir: str | None = None  # where finished steps are kept for resuming [next to the output]
-    evaluation: dict = field(default_factory=dict)  # EvalSettings beyond ppl/seq_len/max_windows
-    trust_remote_code: bool = False  # let the source model's own Python code run (never needed for our outputs)
+    model: str = schema.setting(help="Hub repo id, local folder, .gguf file, or 'default'", cli=False)
+    method: str = schema.setting(help="pruning method (see `hubprune methods`)", group=METHOD)
+    output: str = schema.setting(help="output model folder", cli=False)
+    sparsity: float | None = schema.setting(
+        None, group=METHOD,
+        help="fraction of decoder-layer parameters to remove, in (0, 1) (slicegpt: the fraction of the hidden width "
+             "sliced away, which removes fewer parameters; both are reported)")
+    options: dict = schema.setting(default_factory=dict, cli=False,
+                                   help="the method's options (its own flags; `hubprune methods NAME` lists them)")
+    device: str = schema.setting("auto", group=MODEL, help="cuda, cuda:N, cpu or auto (cuda when present)")
+    dtype: str = schema.setting("auto", choices=("auto", "float32", "bfloat16", "float16"), group=MODEL,
+                                help="weights dtype; auto = the checkpoint's; scores and losses are fp32 regardless")
+    seed: int = schema.setting(0, group=MODEL, help="random seed")
+    revision: str | None = schema.setting(None, metavar="REV", group=MODEL,
+                                          help="MODEL's Hub branch, tag or commit [main]")
+    ppl: list[str] = _like(EvalSettings, "ppl")
+    seq_len: int = _like(EvalSettings, "seq_len")
+    max_windows: int | None = _like(EvalSettings, "max_windows")
+    offload: bool | None = schema.setting(
+        None, group=METHOD,
+        help="never load the whole model: stream one block at a time from the safetensors shards (peak memory about "
+             "one block plus embeddings and activations). Without it, this happens only when the model does not fit "
+             "in memory")
+    overwrite: bool = schema.setting(False, group=MODEL, help="replace an existing hubprune output")
+    run_dir: str | None = schema.setting(
+        None, metavar="DIR", group=METHOD, default_text=".OUTPUT.hubprune-run next to --output",
+        help="where finished steps (dense evaluation, selection, search checkpoints) are kept, so that the same "
+             "command resumes after an interruption; deleted on success")
+    evaluation: dict = schema.setting(default_factory=dict, cli=False,
+                                      help="evaluation settings beyond ppl / seq_len / max_windows (EvalSettings)")
+    trust_remote_code: bool = schema.setting(
+        False, group=MODEL,
+        help="let a model that ships its own Python code (auto_map) run it; read that code first. Never needed for "
+             "hubprune outputs, which load with hubprune's own classes")
+
+    def __post_init__(self) -> None:
+        schema.check(self)
 
     def eval_settings(self) -> EvalSettings:
-        return EvalSettings(ppl=self.ppl, seq_len=self.seq_len, max_windows=self.max_windows, **self.evaluation)
+        return schema.build(EvalSettings, {"ppl": self.ppl, "seq_len": self.seq_len, "max_windows": self.max_windows,
+                                           **self.evaluation}, "evaluation")
 
     def resume_key(self) -> dict:
         """The settings a run folder's saved steps depend on (not where the output goes)."""
@@ -64,6 +83,8 @@ class PruneJob:
         return key
 
     def validate(self) -> None:
+        """Everything that can be checked without the model: the reference, the method and its options,
+        the sparsity, the evaluation settings."""
         check_model_reference(self.model)
         method = get_method(self.method)
         if self.sparsity is not None and not 0 < self.sparsity < 1:
@@ -72,13 +93,35 @@ class PruneJob:
             raise InvalidOptionError(f"--method {self.method} needs --sparsity (a fraction between 0 and 1)")
         if not method.takes_sparsity and self.sparsity is not None:
             raise InvalidOptionError(f"--method {self.method} takes no --sparsity: {method.summary}")
-        unknown = sorted(k for k, v in self.options.items() if v is not None and k not in method.options)
-        if unknown:
-            raise InvalidOptionError(f"--{unknown[0].replace('_', '-')} does not apply to --method {self.method}")
-        method.check_options(self.options)
-        if self.seq_len < 2:
-            raise InvalidOptionError("--seq-len must be at least 2")
-        try:
-            self.eval_settings().validate()
-        except TypeError as exc:
-            raise InvalidOptionError(f"unknown evaluation option: {exc}") from None
+        method.configure(self.options)
+        self.eval_settings()
+
+
+@dataclass
+class PushSettings:
+    """What `push` adds to a prune job: where and how the result is published (a recipe entry is a
+    `PruneJob` plus these, with `revision` meaning the branch pushed to)."""
+
+    repo_id: str | None = schema.setting(None, group=PUBLISHING, help="target repo, NAMESPACE/NAME (created if missing)")
+    source_revision: str | None = schema.setting(None, metavar="REV", group=MODEL,
+                                                 help="MODEL's Hub branch, tag or commit [main]")
+    private: bool = schema.setting(False, group=PUBLISHING, help="create the repo private")
+    revision: str | None = schema.setting(None, group=PUBLISHING, help="branch to push to (created if missing) [main]")
+    commit_message: str | None = schema.setting(None, group=PUBLISHING, help="[Upload NAME with hubprune]")
+    endpoint: str | None = schema.setting(None, group=PUBLISHING, help="Hub endpoint [HF_ENDPOINT or https://huggingface.co]")
+    from_dir: str | None = schema.setting(None, metavar="DIR", group=PUBLISHING,
+                                          help="publish this already pruned output folder (no pruning)")
+    template: str | None = schema.setting(None, metavar="J2", group=PUBLISHING,
+                                          help="jinja2 model card template [templates/model_card.md.j2]")
+    no_eval: bool = schema.setting(False, group=PUBLISHING, help="publish without evaluating")
+    output: str | None = schema.setting(
+        None, group=MODEL, cli=False,
+        help="where the pruned folder is written [./NAME of --repo-id]; reused when it already holds this job's result")
+
+    def __post_init__(self) -> None:
+        schema.check(self)
+
+
+# A recipe entry: the fields of a push job (PruneJob's `revision` is PushSettings' `source_revision`).
+PRUNE_KEYS_IN_PUSH = tuple(f.name for f in schema.fields(PruneJob) if f.name not in ("output", "revision", "overwrite",
+                                                                                       "run_dir"))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import os
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -15,7 +16,7 @@ from huggingface_hub import errors as hub_errors
 from huggingface_hub import snapshot_download
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PretrainedConfig, PreTrainedModel
 
-from . import embedded
+from . import embedded, memory
 from .errors import (
     AuthenticationError,
     DamagedModelError,
@@ -28,7 +29,7 @@ from .errors import (
     OfflineError,
 )
 from .families import Family, get_family
-from .job import check_model_reference
+from .references import check_model_reference
 from .modeling import OWN_CLASSES, register_own_classes
 from .outputs import read_json_object
 from .sequential import ShardReader
@@ -126,7 +127,7 @@ def resolve_model(reference: str, *, revision: str | None = None, token: str | N
 
 def _resolve(reference: str, *, revision: str | None, token: str | None, trust_remote_code: bool) -> ModelSource:
     if reference == embedded.DEFAULT_MODEL:
-        path = embedded.default_model_dir()
+        path = embedded_model_dir()
         return ModelSource(reference, path, repo_id=embedded.DEFAULT_MODEL_NAME, weight_bytes=_weight_bytes(path))
     local = check_model_reference(reference)
     if local is not None and local.suffix == ".gguf":
@@ -268,16 +269,6 @@ class Preflight:
                 + f") but {have / GiB:.1f} GiB is free; {advice[resource]}")
 
 
-def available_ram() -> int | None:
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
-
-
 def preflight(config: PretrainedConfig, dtype: torch.dtype, device: torch.device, output: Path | None,
               *, offload: bool = False, working: dict[str, int] | None = None) -> Preflight:
     """In memory, the dense model and its pruned copy are both held: budget 2x the model (+10 %).
@@ -298,7 +289,7 @@ def preflight(config: PretrainedConfig, dtype: torch.dtype, device: torch.device
     available: dict[str, int] = {}
     if device.type == "cuda":
         available["gpu"] = torch.cuda.mem_get_info(device)[0]
-    ram = available_ram()
+    ram = memory.available_ram()
     if ram is not None:
         available["ram"] = ram
     if output is not None:
@@ -356,6 +347,29 @@ def load_model(reference: str, *, device: str = "auto", dtype: str = "auto", rev
             del model.config.quantization_config
     model.eval()
     return LoadedModel(model, tokenizer, family, source, torch_device, torch_dtype)
+
+
+def embedded_model_dir() -> Path:
+    """The default model as a safetensors folder, converted from the GGUF on first use."""
+    target = embedded.cache_dir() / "models" / "SmolLM2-135M-Instruct"
+    if (target / "config.json").is_file():
+        return target
+    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
+    try:
+        # The GGUF path of the ordinary loader (dequantizes to fp32).
+        loaded = load_model(str(embedded.default_model_gguf()), device="cpu", dtype="float32")
+        loaded.model.config.name_or_path = embedded.DEFAULT_MODEL_NAME
+        loaded.model.save_pretrained(tmp)
+        loaded.tokenizer.save_pretrained(tmp)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(tmp, target)  # atomic: a concurrent or interrupted run never sees half a folder
+    except OSError:
+        if (target / "config.json").is_file():  # another process finished first
+            return target
+        raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
 
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")

@@ -15,8 +15,9 @@ from pathlib import Path
 import torch
 import transformers
 
-from . import __version__
+from . import __version__, schema
 from .card import source_license
+from .data import calibration_windows, joined_sequences
 from .embedded import DEFAULT_MODEL
 from .errors import HubPruneError, InvalidOptionError
 from .evaluation.settings import RESULTS_FILENAME, EvalSettings
@@ -32,12 +33,12 @@ from .export import (
 from .loading import LoadedModel, load_model
 from .modeling import OWN_CLASSES
 from .outputs import RECORD_FILENAME, OutputLock, atomic_folder, check_output, check_writable, recover
-from .methods import PruneContext, get_method
-from .plan import PrunePlan
+from .methods import Calibration, PruneContext, get_method
+from .plan import BoundPlan, PrunePlan
 from .privacy import public
 from .runs import LayerTensors, RunFolder, default_run_dir
 from .sequential import ShardReader
-from .surgery import apply_plan, decoder_parameters, model_class, plan_limits, pruned_config, total_parameters
+from .surgery import apply_plan, bind_plan, decoder_parameters, model_class, pruned_config, total_parameters
 
 SPARSITY_DEFINITION = "removed fraction of decoder-layer parameters (embeddings, lm_head and final norm excluded)"
 
@@ -68,13 +69,11 @@ def environment(device: torch.device) -> dict:
     return env
 
 
-def prune(model: str, method: str = "manual", *, output: str | Path, sparsity: float | None = None,
-          options: dict | None = None, device: str = "auto", dtype: str = "auto", seed: int = 0,
-          revision: str | None = None, token: str | None = None, ppl: list[str] | None = None,
-          seq_len: int = 2048, max_windows: int | None = None, offload: bool | None = None, overwrite: bool = False,
-          run_dir: str | Path | None = None, evaluation: dict | None = None, trust_remote_code: bool = False,
-          loaded: LoadedModel | None = None) -> PruneResult:
-    """Prune `model` with `method` and write the result to `output` (atomically).
+def prune(model: str, method: str = "manual", *, output: str | Path, token: str | None = None,
+          loaded: LoadedModel | None = None, **settings) -> PruneResult:
+    """Prune `model` with `method` and write the result to `output` (atomically). `settings` are the
+    other `PruneJob` fields (sparsity, options, device, dtype, seed, ppl, seq_len, evaluation, offload,
+    run_dir, ...; None means the default).
 
     Finished steps are kept in the run folder (`runs.RunFolder`, default next to the output), so running
     the same job again after an interruption resumes; it is deleted when the output is written. With
@@ -83,11 +82,8 @@ def prune(model: str, method: str = "manual", *, output: str | Path, sparsity: f
     `evaluation` holds further `EvalSettings` (tasks, speed, ppl_mode, ...): the dense model and the pruned
     one are evaluated with them in this run, and the results go to hubprune.json and results.json.
     `loaded` lets a caller that already holds the model (tests, notebooks) skip loading it again."""
-    job = PruneJob(model=model, method=method, output=str(output), sparsity=sparsity, options=dict(options or {}),
-                   device=device, dtype=dtype, seed=seed, revision=revision, ppl=list(ppl or []),
-                   seq_len=seq_len, max_windows=max_windows, offload=offload, overwrite=overwrite,
-                   run_dir=None if run_dir is None else str(run_dir), evaluation=dict(evaluation or {}),
-                   trust_remote_code=trust_remote_code)
+    settings = {k: str(v) if k == "run_dir" else v for k, v in settings.items() if v is not None}
+    job = schema.build(PruneJob, {"model": model, "method": method, "output": str(output), **settings}, "prune()")
     return run_job(job, token=token, loaded=loaded)
 
 
@@ -107,18 +103,19 @@ def _prune(job: PruneJob, *, token: str | None, loaded: LoadedModel | None) -> P
     output, overwrite, run_dir = Path(job.output), job.overwrite, job.run_dir
     seed_everything(seed)
     method_impl = get_method(method)
+    options = method_impl.configure(job.options)
     if loaded is None:
         def check(skeleton) -> None:  # before any weight is read
             if skeleton.config.model_type in OWN_CLASSES:
                 raise InvalidOptionError(
                     f"{model} was already pruned by hubprune; pruning its pruned format again is not supported: "
                     "prune its source model instead, with the total sparsity you want")
-            method_impl.check_model(skeleton, sparsity, job.options)
+            method_impl.check_model(skeleton, sparsity, options)
 
         loaded = load_model(model, device=job.device, dtype=job.dtype, revision=job.revision, token=token,
                             output=output, offload=job.offload, check=check, trust_remote_code=job.trust_remote_code,
                             working_memory=lambda config, dtype: method_impl.working_memory(
-                                config, dtype.itemsize, seq_len, sparsity, job.options))
+                                config, dtype.itemsize, seq_len, sparsity, options))
     dense = loaded.model
     settings = job.eval_settings()
     settings.check_in_memory(loaded.shards is not None)
@@ -128,18 +125,24 @@ def _prune(job: PruneJob, *, token: str | None, loaded: LoadedModel | None) -> P
         if settings:  # before pruning: the speed of the dense model is measured while it is intact
             evaluation.add("dense", loaded, str(model))
 
-        context = PruneContext(loaded, sparsity, seed, job.options, seq_len=seq_len, run=run,
-                               restored=LayerTensors(run.file("restored")))
+        restored = LayerTensors(run.file("restored"))
+        fresh: dict = {}
 
         def select() -> dict:
             started = time.perf_counter()
-            plan = method_impl.select(context)
-            plan.validate(*plan_limits(dense.config, loaded.family))  # before it is kept
-            return {"plan": plan.to_dict(), "report": context.report, "seconds": time.perf_counter() - started}
+            need = method_impl.calibration(options, dense.config)
+            windows, provenance = prepare_calibration(need, loaded, seq_len, seed) if need else (None, None)
+            context = PruneContext(loaded, sparsity, seed, options, seq_len=seq_len, windows=windows, run=run,
+                                   restored=restored)
+            selection = method_impl.select(context)
+            fresh["bound"] = bind_plan(selection.plan, dense.config, loaded.family)  # checked before it is kept
+            report = {**selection.report, **({"calibration": provenance} if provenance else {})}
+            return {"plan": fresh["bound"].plan.to_dict(), "report": report, "seconds": time.perf_counter() - started}
 
         selection = run.cached("selection", select)
-        plan, context.report, select_seconds = PrunePlan.from_dict(selection["plan"]), selection["report"], selection["seconds"]
-        restored = context.restored if context.restored else None  # weights a method refitted, by layer
+        bound = fresh.get("bound") or bind_plan(PrunePlan.from_dict(selection["plan"]), dense.config, loaded.family)
+        method_report, select_seconds = selection["report"], selection["seconds"]
+        refitted = restored if restored else None  # weights a method refitted, by layer
         dense_counts = {"total": total_parameters(dense), "decoder": decoder_parameters(dense)}
         summary = {"hubprune_version": __version__, "method": method, "source": loaded.source.repo_id or public(model),
                    "source_revision": loaded.source.revision, "sparsity_requested": sparsity,
@@ -155,7 +158,7 @@ def _prune(job: PruneJob, *, token: str | None, loaded: LoadedModel | None) -> P
                        "license": source_license(loaded.source.path, model)},
             "streamed_block_by_block": loaded.shards is not None,
             "resumed_steps": reused,
-            "method_report": context.report,
+            "method_report": method_report,
             "environment": environment(loaded.device),
         }
 
@@ -177,26 +180,38 @@ def _prune(job: PruneJob, *, token: str | None, loaded: LoadedModel | None) -> P
                 evaluation=evaluation.document(record["environment"]) if settings else None,
             )
 
-        normalized = plan.normalized(dense.config.num_hidden_layers)
         shard_size = source_shard_size(loaded.source.path)
         pruned = None
         if loaded.shards is None:
             started = time.perf_counter()
-            pruned = apply_plan(dense, plan, record=summary, overrides=restored)
+            pruned = apply_plan(dense, bound, overrides=refitted)
             complete(_in_memory(pruned, loaded), time.perf_counter() - started)
+            pruned.config.hubprune = summary
             with atomic_folder(output, overwrite) as folder:
-                save_model_folder(folder, pruned, loaded.tokenizer, plan=normalized, record=record,
+                save_model_folder(folder, pruned, loaded.tokenizer, plan=bound.plan, record=record,
                                   max_shard_size=shard_size)
                 _save_results(folder, record)
         else:
             with atomic_folder(output, overwrite) as folder:
                 started = time.perf_counter()
-                pruned_loaded = _streamed_export(folder, loaded, plan, summary, shard_size, restored)
+                pruned_loaded = _streamed_export(folder, loaded, bound, shard_size, refitted)
                 complete(pruned_loaded, time.perf_counter() - started)
-                pruned_loaded.model.config.save_pretrained(folder)  # now that `summary` holds the counts
-                save_companions(folder, pruned_loaded.model.config, loaded.tokenizer, plan=normalized, record=record)
+                pruned_loaded.model.config.hubprune = summary
+                pruned_loaded.model.config.save_pretrained(folder)
+                save_companions(folder, pruned_loaded.model.config, loaded.tokenizer, plan=bound.plan, record=record)
                 _save_results(folder, record)
     return PruneResult(output, public(record), pruned)
+
+
+def prepare_calibration(need: Calibration, loaded: LoadedModel, seq_len: int, seed: int) -> tuple[torch.Tensor, dict]:
+    """The calibration data a method asked for, and its provenance. `auto` is the reference's C4, except
+    for the embedded default model, whose corpus works offline."""
+    corpus = need.corpus
+    if corpus == "auto":
+        corpus = "default" if loaded.source.reference == DEFAULT_MODEL else "c4"
+    if need.joined:
+        return joined_sequences(loaded.tokenizer, corpus, need.seq_len or seq_len, need.count)
+    return calibration_windows(loaded.tokenizer, corpus, need.seq_len or seq_len, need.count, seed)
 
 
 def _save_results(folder: Path, record: dict) -> None:
@@ -208,13 +223,11 @@ def _in_memory(model, like: LoadedModel) -> LoadedModel:
     return LoadedModel(model, like.tokenizer, like.family, like.source, like.device, like.dtype)
 
 
-def _streamed_export(folder: Path, loaded: LoadedModel, plan: PrunePlan, summary: dict,
-                     shard_size: int | None, restored: LayerTensors | None) -> LoadedModel:
+def _streamed_export(folder: Path, loaded: LoadedModel, bound: BoundPlan, shard_size: int | None,
+                     restored: LayerTensors | None) -> LoadedModel:
     """Write the pruned weights from the source shards; return the output as a streamable model."""
-    config = loaded.model.config
-    plan.validate(*plan_limits(config, loaded.family))
-    config = pruned_config(loaded.model.config, plan, loaded.family, summary)
-    save_streamed_weights(folder, loaded, plan, max_shard_size=shard_size, overrides=restored)
+    config = pruned_config(loaded.model.config, bound, loaded.family)
+    save_streamed_weights(folder, loaded, bound, max_shard_size=shard_size, overrides=restored)
     if (loaded.source.path / "generation_config.json").is_file():
         shutil.copy(loaded.source.path / "generation_config.json", folder)
     with torch.device("meta"):
@@ -235,8 +248,8 @@ def evaluate(model: str, *, ppl: list[str] | None = None, output: str | Path | N
     model to compare with. `options` are the other `EvalSettings` (tasks, speed, ppl_mode, limit, ...).
     `trust_remote_code` lets the models' own Python code run (hubprune outputs never need it).
     With `output`, finished parts are kept in a run folder next to it, so the same call resumes."""
-    settings = EvalSettings(ppl=list(ppl or []), seq_len=seq_len, max_windows=max_windows, **options)
-    settings.validate()
+    settings = schema.build(EvalSettings, {"ppl": list(ppl or []), "seq_len": seq_len, "max_windows": max_windows,
+                                           **options}, "evaluate()")
     settings.check_not_empty()
     results_path = Path(output) / RESULTS_FILENAME if output else None
     if results_path is not None and results_path.exists() and not overwrite:

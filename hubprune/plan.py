@@ -223,3 +223,21 @@ class PrunePlan:
 
     def is_empty(self) -> bool:
         return not any(getattr(self, k) for k in PLAN_KEYS)
+
+
+@dataclass(frozen=True)
+class BoundPlan:
+    """A plan checked against one model and put in normal form, once (`surgery.bind_plan`). Surgery and
+    export take only this: none of them checks or normalizes a plan again."""
+
+    plan: PrunePlan  # normalized
+    num_layers: int  # the source model's
+    hidden_size: int
+
+    @property
+    def kept_layers(self) -> list[int]:
+        return self.plan.kept_layers(self.num_layers)
+
+    def residual_widths(self) -> list[tuple[int, int, int]]:
+        """(input, middle, output) width of every kept block's residual stream."""
+        return self.plan.residual_widths(len(self.kept_layers), self.hidden_size)

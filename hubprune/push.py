@@ -11,7 +11,8 @@ from pathlib import Path
 import yaml
 
 from .card import validate_card, write_card
-from .errors import InvalidOptionError, OutputExistsError
+from . import schema
+from .errors import HubPruneError, InvalidOptionError, OutputExistsError
 from .hub import PublishResult, check_repo_id, check_transfer_protocol, hub_api, publish_folder, resolve_token, whoami
 from .privacy import public
 
@@ -31,41 +32,44 @@ def default_evaluation(model: str) -> dict:
     return {"ppl": ["default" if model == "default" else "wikitext2"], "evaluation": {"speed": True}}
 
 
-def push(model: str | None = None, method: str | None = None, *, repo_id: str, from_dir: str | Path | None = None,
-         output: str | Path | None = None, private: bool = False, revision: str | None = None,
-         commit_message: str | None = None, endpoint: str | None = None, token: str | None = None,
-         evaluate: bool = True, dry_run: bool = False, template: str | Path | None = None, overwrite: bool = False,
-         source_revision: str | None = None, announce: Callable[[Path], None] | None = None,
-         **prune_kwargs) -> PushResult:
+def push(model: str | None = None, method: str | None = None, *, repo_id: str, token: str | None = None,
+         dry_run: bool = False, overwrite: bool = False, announce: Callable[[Path], None] | None = None,
+         **settings) -> PushResult:
     """Prune `model` with `method` (or take the pruned folder `from_dir`), evaluate it, write its model
-    card and upload it to `repo_id` on branch `revision` (`source_revision` is the model's). `prune_kwargs` go to `pipeline.prune` (sparsity, options, device,
-    ppl, evaluation, ...). Nothing is uploaded unless every step before succeeded; the token is checked
-    before any pruning starts. `announce(folder)` is called once the folder and its card are ready, before
-    the upload (the CLI prints the pruning summary and the dense-vs-pruned table there)."""
-    from .job import PruneJob
+    card and upload it to `repo_id`. `settings` are `PushSettings` fields (from_dir, output, private,
+    revision = the branch pushed to, source_revision = the model's, ...) and `PruneJob` fields
+    (sparsity, options, device, ppl, evaluation, ...). Nothing is uploaded unless every step before
+    succeeded; the token is checked before any pruning starts. `announce(folder)` is called once the
+    folder and its card are ready, before the upload (the CLI prints the pruning summary there)."""
+    from .job import PruneJob, PushSettings
 
     check_repo_id(repo_id)
+    settings = {k: str(v) if isinstance(v, Path) else v for k, v in settings.items()}  # output, from_dir, ...
+    prune_keys = {f.name for f in schema.fields(PruneJob)} - {"model", "method", "output", "revision", "overwrite"}
+    job_fields = {k: settings.pop(k) for k in prune_keys if k in settings}
+    publishing = schema.build(PushSettings, {**settings, "repo_id": repo_id}, "push")
     job = None
-    if from_dir is not None:
-        folder = Path(from_dir)
+    if publishing.from_dir is not None:
+        folder = Path(publishing.from_dir)
         if not (folder / "hubprune.json").is_file():
             raise InvalidOptionError(f"--from-dir {folder}: not a hubprune output folder (no hubprune.json)")
     else:
         if not model or not method:
             raise InvalidOptionError("push needs MODEL and --method (or --from-dir with an already pruned folder)")
-        evaluation = dict(prune_kwargs.get("evaluation") or {})
-        if not evaluate:
-            prune_kwargs.update(ppl=[], evaluation={})
-        elif not (prune_kwargs.get("ppl") or evaluation.get("tasks") or evaluation.get("speed")):
+        job_fields = {k: v for k, v in job_fields.items() if v is not None}
+        evaluation = dict(job_fields.get("evaluation") or {})
+        if publishing.no_eval:
+            job_fields.update(ppl=[], evaluation={})
+        elif not (job_fields.get("ppl") or evaluation.get("tasks") or evaluation.get("speed")):
             defaults = default_evaluation(model)
-            prune_kwargs.update(ppl=defaults["ppl"], evaluation={**evaluation, **defaults["evaluation"]})
-        folder = Path(output) if output else Path(repo_id.split("/")[-1])
-        prune_kwargs["revision"] = source_revision
-        job = PruneJob(model=model, method=method, output=str(folder), **_job_fields(prune_kwargs))
+            job_fields.update(ppl=defaults["ppl"], evaluation={**evaluation, **defaults["evaluation"]})
+        folder = Path(publishing.output) if publishing.output else Path(repo_id.split("/")[-1])
+        job = PruneJob(model=model, method=method, output=str(folder), revision=publishing.source_revision,
+                       overwrite=overwrite, **job_fields)
         job.validate()  # options first: offline and instant
     # The endpoint and token before any pruning (a dry run too: it is everything but the upload).
-    check_transfer_protocol(endpoint)
-    whoami(hub_api(resolve_token(token), endpoint))
+    check_transfer_protocol(publishing.endpoint)
+    whoami(hub_api(resolve_token(token), publishing.endpoint))
     pruned = False
     if job is not None:
         if _same_job(folder, job) and not overwrite:
@@ -73,30 +77,18 @@ def push(model: str | None = None, method: str | None = None, *, repo_id: str, f
         else:
             if folder.exists() and not overwrite:
                 raise OutputExistsError(f"{folder} exists and holds another result; pass --overwrite or another --output")
-            from .pipeline import prune
+            from .pipeline import run_job
 
-            prune(model, method, output=folder, overwrite=overwrite, **prune_kwargs)
+            run_job(job, token=token)
             pruned = True
-    write_card(folder, repo_id=repo_id, template=template)
+    write_card(folder, repo_id=repo_id, template=publishing.template)
     if not dry_run:
-        validate_card(folder, endpoint)
+        validate_card(folder, publishing.endpoint)
     if announce is not None:
         announce(folder)
-    published = publish_folder(folder, repo_id, token=token, private=private, revision=revision,
-                               commit_message=commit_message, endpoint=endpoint, dry_run=dry_run)
+    published = publish_folder(folder, repo_id, token=token, private=publishing.private, revision=publishing.revision,
+                               commit_message=publishing.commit_message, endpoint=publishing.endpoint, dry_run=dry_run)
     return PushResult(folder, published, pruned)
-
-
-_JOB_FIELDS = ("sparsity", "options", "device", "dtype", "seed", "revision", "ppl", "seq_len", "max_windows",
-               "offload", "evaluation", "trust_remote_code")
-
-
-def _job_fields(kwargs: dict) -> dict:
-    fields = {k: kwargs[k] for k in _JOB_FIELDS if kwargs.get(k) is not None}
-    fields["options"] = dict(fields.get("options") or {})
-    fields["ppl"] = list(fields.get("ppl") or [])
-    fields["evaluation"] = dict(fields.get("evaluation") or {})
-    return fields
 
 
 def _same_job(folder: Path, job) -> bool:
@@ -109,12 +101,6 @@ def _same_job(folder: Path, job) -> bool:
 
 # --- recipes --------------------------------------------------------------------------------------------
 
-RECIPE_KEYS = {
-    "model": str, "method": str, "sparsity": (float, int, list), "repo_id": str, "options": dict, "ppl": list,
-    "evaluation": dict, "device": str, "dtype": str, "seed": int, "source_revision": str, "revision": str,
-    "seq_len": int, "max_windows": int, "offload": bool, "private": bool, "commit_message": str,
-    "output": str, "from_dir": str, "no_eval": bool, "template": str, "endpoint": str, "trust_remote_code": bool,
-}
 REQUIRED = ("repo_id",)
 RECIPE_EXAMPLE = """\
 defaults: {device: cuda, dtype: bfloat16, private: true}   # optional, for every job
@@ -172,14 +158,29 @@ def load_recipe(path: str | Path) -> list[dict]:
 
 
 def _check_entry(entry: dict, where: str) -> None:
+    """Every key a setting of a push job, every value of its type (each `sparsity` of a list too), and
+    `options` the method's own."""
+    from .job import PRUNE_KEYS_IN_PUSH, PruneJob, PushSettings
+    from .methods import get_method
+
     if not isinstance(entry, dict):
         raise InvalidOptionError(f"{where}: must be a mapping")
+    owners = {**{k: PruneJob for k in PRUNE_KEYS_IN_PUSH}, **{f.name: PushSettings for f in schema.fields(PushSettings)}}
     for key, value in entry.items():
-        if key not in RECIPE_KEYS:
-            raise InvalidOptionError(f"{where}: unknown key {key!r} (allowed: {', '.join(sorted(RECIPE_KEYS))})")
-        kind = RECIPE_KEYS[key]
-        if value is not None and not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-            raise InvalidOptionError(f"{where}: {key} has the wrong type ({type(value).__name__})")
+        if key not in owners:
+            raise InvalidOptionError(f"{where}: unknown key {key!r} (allowed: {', '.join(sorted(owners))})")
+        field = next(f for f in schema.fields(owners[key]) if f.name == key)
+        values = value if key == "sparsity" and isinstance(value, list) else [value]
+        try:
+            for item in values:
+                schema.check_value(owners[key], field, item, where=key)
+        except InvalidOptionError as exc:
+            raise InvalidOptionError(f"{where}: {exc}") from None
+    if entry.get("method") and entry.get("options"):
+        try:
+            get_method(entry["method"]).configure(entry["options"])
+        except HubPruneError as exc:
+            raise InvalidOptionError(f"{where}: options: {exc}") from None
 
 
 def _expand(job: dict, where: str) -> dict:
@@ -192,7 +193,6 @@ def _expand(job: dict, where: str) -> dict:
                                                method=job.get("method", ""))
     else:
         job["repo_id"] = job["repo_id"].format(method=job.get("method", ""))
-    job["evaluate"] = not job.pop("no_eval", False)
     return job
 
 

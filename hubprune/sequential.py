@@ -21,6 +21,7 @@ from safetensors import safe_open
 from tqdm.auto import tqdm
 from transformers.masking_utils import create_causal_mask, create_sliding_window_causal_mask
 
+from . import memory
 from .errors import InvalidOptionError
 from .evaluation.perplexity import PerplexityResult, window_nll
 
@@ -123,9 +124,7 @@ def host_cache_fits(shards: ShardReader, prefix: str, device: torch.device, dtyp
     the CPU the point of streaming is to keep host memory small, so they are never kept."""
     if device.type == "cpu":
         return False
-    from .loading import available_ram
-
-    ram = available_ram()
+    ram = memory.available_ram()
     return ram is not None and shards.numel(shards.names(prefix)) * dtype.itemsize < ram // 2
 
 

@@ -14,7 +14,7 @@ from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
 from . import modeling
 from .families import Family, get_family
-from .plan import PrunePlan
+from .plan import BoundPlan, PrunePlan
 
 # The key of `overrides` that holds tensors outside the blocks (full names), e.g. SliceGPT's rotated
 # embeddings and head.
@@ -35,31 +35,45 @@ def total_parameters(model: PreTrainedModel) -> int:
     return sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
 
 
-def needs_custom_code(plan: PrunePlan, num_layers: int) -> bool:
-    plan = plan.normalized(num_layers)
+def plan_limits(config: PretrainedConfig, family: Family) -> tuple:
+    """The model's dimensions a plan is validated against (`PrunePlan.validate`'s arguments)."""
+    return (config.num_hidden_layers, family.ffn_width(config), family.value_groups(config),
+            config.hidden_size if family.residual_slicing else None)
+
+
+def bind_plan(plan: PrunePlan, config: PretrainedConfig, family: Family | None = None) -> BoundPlan:
+    """Check `plan` against the model of `config` (a `PlanError` names the first problem) and put it in
+    normal form: the one plan surgery and export accept."""
+    family = family or get_family(config.model_type)
+    plan.validate(*plan_limits(config, family))
+    return BoundPlan(plan.normalized(config.num_hidden_layers), config.num_hidden_layers, config.hidden_size)
+
+
+def needs_custom_code(bound: BoundPlan) -> bool:
+    plan = bound.plan
     if plan.skip_attention or plan.skip_mlp or plan.keep_value_channels or plan.residual_width is not None:
         return True
-    widths = {len(plan.keep_ffn_neurons.get(l, ())) or None for l in plan.kept_layers(num_layers)}
+    widths = {len(plan.keep_ffn_neurons.get(l, ())) or None for l in bound.kept_layers}
     return len(widths) > 1  # a mix of pruned and unpruned layers, or different widths
 
 
-def pruned_config(source: PretrainedConfig, plan: PrunePlan, family: Family, record: dict | None = None):
-    """The config of the pruned model (stock class when possible, else the hubprune class)."""
-    plan = plan.normalized(source.num_hidden_layers)
-    kept = plan.kept_layers(source.num_hidden_layers)
+def pruned_config(source: PretrainedConfig, bound: BoundPlan, family: Family):
+    """The config of the pruned model (stock class when possible, else the hubprune class). The run's
+    `hubprune` summary is set on it when it is saved."""
+    plan, kept = bound.plan, bound.kept_layers
     width = family.ffn_width(source)
     data = {k: v for k, v in source.to_dict().items() if k not in _DROP_CONFIG_KEYS}
     data["num_hidden_layers"] = len(kept)
     family.remap_layer_fields(data, source, kept)
 
-    if not needs_custom_code(plan, source.num_hidden_layers):
+    if not needs_custom_code(bound):
         widths = {len(plan.keep_ffn_neurons[l]) for l in kept if l in plan.keep_ffn_neurons}
         family.set_ffn_width(data, widths.pop() if widths else width)
         config = AutoConfig.for_model(family.model_type, **data)
     else:
         source_types = family.source_layer_types(source)
         data["layer_types"] = [source_types[l] for l in kept]
-        residual = plan.residual_widths(len(kept), source.hidden_size)
+        residual = bound.residual_widths()
         data["block_configs"] = [
             {
                 "attention": {"no_op": l in plan.skip_attention, "num_key_value_heads": family.value_groups(source)[0],
@@ -81,17 +95,16 @@ def pruned_config(source: PretrainedConfig, plan: PrunePlan, family: Family, rec
             "AutoModelForCausalLM": f"modeling_hubprune.{family.pruned_model_class}",
         }
         data["architectures"] = [family.pruned_model_class]
-        config = getattr(modeling, family.pruned_config_class)(**data)
-    if record is not None:
-        config.hubprune = record
+        config = modeling.OWN_CLASSES[family.pruned_model_type][0](**data)
     return config
 
 
-def prune_block(tensors: dict[str, torch.Tensor], layer: int, plan: PrunePlan, family: Family, config: PretrainedConfig,
-                overrides: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
-    """One source block's tensors (names local to the block) with the plan applied (plan normalized).
-    `overrides` replaces tensors after slicing, e.g. weights refitted by a restoring method. Under
-    `residual_width` every tensor of the block comes from `overrides` (rotated; norms folded in)."""
+def prune_block(tensors: dict[str, torch.Tensor], layer: int, bound: BoundPlan, family: Family,
+                config: PretrainedConfig, overrides: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+    """One source block's tensors (names local to the block) with the plan applied. `overrides` replaces
+    tensors after slicing, e.g. weights refitted by a restoring method. Under `residual_width` every
+    tensor of the block comes from `overrides` (rotated; norms folded in)."""
+    plan = bound.plan
     if plan.residual_width is not None:
         return _rotated_block(tensors, layer, family, overrides)
     if layer in plan.skip_attention:
@@ -120,12 +133,12 @@ def _rotated_block(tensors: dict[str, torch.Tensor], layer: int, family: Family,
     return {name: tensor.to(device=device, dtype=dtype) for name, tensor in rotated.items()}
 
 
-def pruned_outside(tensors: dict[str, torch.Tensor], plan: PrunePlan, family: Family,
+def pruned_outside(tensors: dict[str, torch.Tensor], bound: BoundPlan, family: Family,
                    overrides: Callable[[int | str], dict[str, torch.Tensor]] | None) -> dict[str, torch.Tensor]:
     """The tensors outside the blocks (full names): unchanged, except under `residual_width`, where the
     embeddings and the head are the rotated ones from `overrides(OUTSIDE_BLOCKS)` and the final norm's
     weight is gone (folded into the head)."""
-    if plan.residual_width is None:
+    if bound.plan.residual_width is None:
         return dict(tensors)
     rotated = overrides(OUTSIDE_BLOCKS) if overrides else None
     expected = {family.embedding_weight, family.head_weight}
@@ -138,13 +151,11 @@ def pruned_outside(tensors: dict[str, torch.Tensor], plan: PrunePlan, family: Fa
     return out
 
 
-def pruned_state_dict(model: PreTrainedModel, plan: PrunePlan, family: Family,
+def pruned_state_dict(model: PreTrainedModel, bound: BoundPlan, family: Family,
                       overrides: Callable[[int | str], dict[str, torch.Tensor]] | None = None) -> dict[str, torch.Tensor]:
     """Source weights with the plan applied and layers renumbered. Kept tensors are shared, not copied.
     `overrides(layer)` gives the restored tensors of a source layer (see `prune_block`), and
     `overrides(OUTSIDE_BLOCKS)` those outside the blocks (see `pruned_outside`)."""
-    num_layers = model.config.num_hidden_layers
-    plan = plan.normalized(num_layers)
     by_layer: dict[int, dict[str, torch.Tensor]] = {}
     outside: dict[str, torch.Tensor] = {}
     for name, tensor in model.state_dict().items():
@@ -153,10 +164,10 @@ def pruned_state_dict(model: PreTrainedModel, plan: PrunePlan, family: Family,
             by_layer.setdefault(int(index), {})[local] = tensor
         else:
             outside[name] = tensor
-    out = pruned_outside(outside, plan, family, overrides)
-    for new_index, layer in enumerate(plan.kept_layers(num_layers)):
+    out = pruned_outside(outside, bound, family, overrides)
+    for new_index, layer in enumerate(bound.kept_layers):
         restored = overrides(layer) if overrides else None
-        for local, tensor in prune_block(by_layer[layer], layer, plan, family, model.config, restored).items():
+        for local, tensor in prune_block(by_layer[layer], layer, bound, family, model.config, restored).items():
             out[f"{family.layers_prefix}{new_index}.{local}"] = tensor
     return out
 
@@ -187,18 +198,12 @@ def build_model(config: PretrainedConfig, state_dict: dict[str, torch.Tensor], *
     return model.to(device).eval()
 
 
-def plan_limits(config: PretrainedConfig, family: Family) -> tuple:
-    """The model's dimensions a plan is validated against (`PrunePlan.validate`'s arguments)."""
-    return (config.num_hidden_layers, family.ffn_width(config), family.value_groups(config),
-            config.hidden_size if family.residual_slicing else None)
-
-
-def apply_plan(model: PreTrainedModel, plan: PrunePlan, record: dict | None = None,
+def apply_plan(model: PreTrainedModel, plan: PrunePlan | BoundPlan,
                overrides: Callable[[int | str], dict[str, torch.Tensor]] | None = None) -> PreTrainedModel:
-    """The pruned model, on the source model's device and in its dtype."""
+    """The pruned model, on the source model's device and in its dtype (a `PrunePlan` is bound first)."""
     family = get_family(model.config.model_type)
-    plan.validate(*plan_limits(model.config, family))
-    config = pruned_config(model.config, plan, family, record)
-    state = pruned_state_dict(model, plan, family, overrides)
+    bound = plan if isinstance(plan, BoundPlan) else bind_plan(plan, model.config, family)
+    config = pruned_config(model.config, bound, family)
+    state = pruned_state_dict(model, bound, family, overrides)
     return build_model(config, state, dtype=model.dtype, device=model.device,
                        attn_implementation=model.config._attn_implementation)

@@ -10,38 +10,14 @@ os.environ["HF_HUB_DISABLE_XET"] = "1"
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
-from transformers import (  # noqa: E402
-    AutoModelForCausalLM,
-    AutoTokenizer,
-    LlamaConfig,
-    MistralConfig,
-    OPTConfig,
-    Phi3Config,
-    Qwen2Config,
-)
+from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, OPTConfig  # noqa: E402
 
-# Small but structurally faithful: GQA everywhere, Qwen2 q/k/v biases and mixed sliding/full layers,
-# Mistral and Phi-3 sliding window, Phi-3 fused q/k/v and gate/up projections, tied and untied embeddings,
-# OPT's learned positions, LayerNorms, biases everywhere and ReLU MLP (multi-head: 2 heads of 32, so the
-# shared test plans' two value groups fit every family).
-TINY_CONFIGS = {
-    "llama": lambda: LlamaConfig(vocab_size=128, hidden_size=64, intermediate_size=96, num_hidden_layers=5,
-                                 num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True,
-                                 pad_token_id=0, bos_token_id=1, eos_token_id=2),
-    "mistral": lambda: MistralConfig(vocab_size=128, hidden_size=64, intermediate_size=96, num_hidden_layers=5,
-                                     num_attention_heads=4, num_key_value_heads=2, sliding_window=6,
-                                     pad_token_id=0, bos_token_id=1, eos_token_id=2),
-    "qwen2": lambda: Qwen2Config(vocab_size=128, hidden_size=64, intermediate_size=96, num_hidden_layers=5,
-                                 num_attention_heads=4, num_key_value_heads=2, use_sliding_window=True,
-                                 sliding_window=6, max_window_layers=2, tie_word_embeddings=False,
-                                 pad_token_id=0, bos_token_id=1, eos_token_id=2),
-    "phi3": lambda: Phi3Config(vocab_size=128, hidden_size=64, intermediate_size=96, num_hidden_layers=5,
-                               num_attention_heads=4, num_key_value_heads=2, sliding_window=6,
-                               pad_token_id=0, bos_token_id=1, eos_token_id=2),
-    "opt": lambda: OPTConfig(vocab_size=128, hidden_size=64, ffn_dim=96, num_hidden_layers=5, num_attention_heads=2,
-                             max_position_embeddings=64, word_embed_proj_dim=64, enable_bias=True,
-                             pad_token_id=0, bos_token_id=1, eos_token_id=2),
-}
+from hubprune.families import FAMILIES as REGISTERED_FAMILIES  # noqa: E402
+
+# Small but structurally faithful, one per registered family (Family.tiny_config): GQA everywhere, Qwen2
+# q/k/v biases and mixed sliding/full layers, Mistral and Phi-3 sliding window, Phi-3 fused projections,
+# tied and untied embeddings, OPT's learned positions, LayerNorms, biases and ReLU MLP.
+TINY_CONFIGS = {name: family.tiny_config for name, family in REGISTERED_FAMILIES.items()}
 FAMILIES = sorted(TINY_CONFIGS)
 
 

@@ -1,4 +1,4 @@
-"""ShortGPT and the window method (algorithms.md §4.1-4.2) on the embedded real model: each choice
+"""ShortGPT and the window method (docs/algorithms.md, "ShortGPT", "Window") on the embedded real model: each choice
 equals an independent computation from whole-model forwards, and the export is a stock model."""
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 import hubprune
-from hubprune.methods.blockdrop import blocks_to_remove
+from hubprune.methods.base import blocks_to_remove
 from hubprune.plan import PrunePlan
 from hubprune.surgery import apply_plan
 

@@ -32,10 +32,10 @@ sys.exit(code)
 def test_methods_lists_name_and_one_line():
     out = hubprune("methods")
     assert out.returncode == 0
-    from hubprune.methods import METHODS
+    from hubprune.methods import methods
 
     listed = {line.split()[0]: line.split(None, 1)[1] for line in out.stdout.splitlines()}
-    assert listed == {name: cls.summary for name, cls in METHODS.items()}
+    assert listed == {name: cls.summary for name, cls in methods().items()}
 
 
 def test_help_documents_commands_plan_format_and_examples():
@@ -59,11 +59,14 @@ def test_help_documents_commands_plan_format_and_examples():
         (["prune", "default", "--dtype", "int3", "--method", "manual"], "invalid choice: 'int3'"),
         (["frobnicate"], "invalid choice: 'frobnicate'"),
         (["eval", "default"], "nothing to evaluate"),
-        (["eval", "default", "--ppl", "default", "--limit", "0"], "--limit must be positive"),
+        (["eval", "default", "--ppl", "default", "--limit", "0"], "--limit 0.0: must be greater than 0"),
         (["info", "./missing-model"], "no such model folder"),
         (["prune", "default", "--method", "manual", "--plan", "latin1.yaml", "-o", "x"], "not UTF-8"),
         (["prune", "default", "--method", "manual", "--plan", "float.yaml", "-o", "x"], "1.9 is not a whole number"),
         (["prune", "default", "--method", "2ssp", "--sparsity", "0.3", "--stage2-batch", "0", "-o", "x"], "at least 1"),
+        (["prune", "default", "--method", "fasp", "--sparsity", "0.3", "--alpha", "2", "-o", "x"],
+         "--alpha does not apply to --method fasp"),
+        (["methods", "fsap"], "did you mean 'fasp'?"),
         (["push", "default", "--method", "2ssp", "--sparsity", "3", "--repo-id", "a/b"], "strictly between 0 and 1"),
     ],
 )
@@ -82,7 +85,7 @@ def test_bad_input_gives_one_line_and_exit_code_2_at_once(args, message, tmp_pat
 
 
 def test_help_and_methods_do_not_import_torch():
-    for args in (["--help"], ["prune", "--help"], ["push", "--help"], ["methods"]):
+    for args in (["--help"], ["prune", "--help"], ["push", "--help"], ["methods"], ["methods", "evopress"]):
         out = subprocess.run([sys.executable, "-c", LIGHT, *args], capture_output=True, text=True)
         assert out.returncode == 0 and "imported" not in out.stderr, (args, out.stderr)
 

@@ -1,4 +1,4 @@
-"""EvoPress (algorithms.md §4.4): the search's pieces as the reference defines them, the KL fitness
+"""EvoPress (docs/algorithms.md, "EvoPress"): the search's pieces as the reference defines them, the KL fitness
 against an independent whole-model computation, and whole runs on the embedded real model that are
 deterministic, never worse than their first parent, and resume after an interruption."""
 from __future__ import annotations
@@ -12,9 +12,12 @@ from conftest import calibratable_model
 from transformers import AutoModelForCausalLM
 
 import hubprune
+from hubprune import memory
 from hubprune.errors import InvalidOptionError
+from hubprune.families import get_family
 from hubprune.loading import load_model
-from hubprune.methods import evopress, kl_fitness
+from hubprune.methods import evopress
+from hubprune.methods.compute import kl_fitness
 from hubprune.methods.evopress import generations_for, mutate, random_candidate
 from hubprune.plan import PrunePlan
 from hubprune.runs import MARKER
@@ -28,7 +31,7 @@ SMALL = {"evopress_generations": 2, "evopress_tokens": 1024, "evopress_seq_len":
 
 @pytest.mark.parametrize("n, expected", [(32, [128, 160, 170]), (28, [98, 124, 130]), (40, [200, 250, 266])])
 def test_generation_counts_match_the_spec_table(n, expected):
-    from hubprune.methods.blockdrop import blocks_to_remove
+    from hubprune.methods.base import blocks_to_remove
 
     assert [generations_for(blocks_to_remove(s, n), n) for s in (0.25, 0.375, 0.5)] == expected
 
@@ -93,7 +96,7 @@ def test_dense_logits_spill_to_a_mapped_file_when_ram_is_short(tmp_path, monkeyp
     stack = DecoderStack(load_model(str(source), device="cpu", dtype="float32"))
     ids = torch.randint(3, 200, (2, 16), generator=torch.Generator().manual_seed(0))
     in_ram = kl_fitness.DenseLogits(stack, ids, tmp_path, progress=False)
-    monkeypatch.setattr(kl_fitness, "available_ram", lambda: in_ram.nbytes)  # half of it is too little
+    monkeypatch.setattr(memory, "available_ram", lambda: in_ram.nbytes)  # half of it is too little
     spilled = kl_fitness.DenseLogits(stack, ids, tmp_path, progress=False)
     assert not in_ram.spilled and spilled.spilled and (tmp_path / "dense-logits.bin").stat().st_size == in_ram.nbytes
     assert torch.equal(spilled.logits, in_ram.logits)
@@ -190,4 +193,4 @@ def test_full_default_settings_are_recorded(reference_run):
     settings = reference_run.record["method_report"]["settings"]
     assert settings["generations_reference"] == generations_for(3, 30) == 54
     assert settings["survivors"] == [2, 1] and settings["max_flips"] == 3
-    assert evopress.SEQUENCE_LENGTH["llama"] == 4096 and settings["seq_len"] == 128  # overridden here
+    assert get_family("llama").evopress_seq_len == 4096 and settings["seq_len"] == 128  # overridden here

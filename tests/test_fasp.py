@@ -1,4 +1,4 @@
-"""FASP (algorithms.md §3): widths from the parameter budget, the selection against an independent
+"""FASP (docs/algorithms.md, "FASP"): widths from the parameter budget, the selection against an independent
 computation of the metric, GQA grouping, and whole runs on the embedded real model and every family."""
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import hubprune
 from hubprune.errors import InvalidOptionError
 from hubprune.families import get_family
 from hubprune.methods.fasp import module_counts, widths
-from hubprune.methods.restoration import column_scores, restore
+from hubprune.methods.compute.restoration import column_scores, restore
 from hubprune.plan import PrunePlan
 
 SEQ_LEN, WINDOWS = 256, 16  # 4,096 tokens: more than the widest refitted layer (1,536), so no overfit
@@ -32,7 +32,7 @@ def test_params_semantics_hits_the_request_and_columns_semantics_removes_fewer()
                                                   num_attention_heads=32, num_key_value_heads=32)))
     for s in (0.1, 0.2, 0.3, 0.5):
         by_params = widths(counts, s, "params", 8)
-        assert by_params.column_fraction / s == pytest.approx(1.199, abs=0.002)  # spec §3.3, LLaMA-7B
+        assert by_params.column_fraction / s == pytest.approx(1.199, abs=0.002)  # LLaMA-7B: rho = 1.199 s
         assert abs(by_params.predicted_sparsity - s) < 0.005 and by_params.ffn_keep % 8 == 0
         by_columns = widths(counts, s, "columns", 1)
         assert by_columns.column_fraction == s and by_columns.predicted_sparsity < s
@@ -68,7 +68,7 @@ def test_gqa_unit_is_a_kv_group_channel_across_the_groups_heads():
     assert family.value_columns(config, groups).tolist() == [0, 3, 4, 7, 9, 10, 13, 14]
     assert family.value_row_indices(config, groups).tolist() == [0, 3, 5, 6]
     # A channel weak in one head but strong in its group's other head is kept: scores sum per group.
-    from hubprune.methods.twossp_stages import top_neurons
+    from hubprune.methods.compute.twossp_stages import top_neurons
 
     per_head = torch.tensor([[5., 0, 0, 1], [0, 0, 0, 9], [1, 2, 3, 4], [1, 2, 3, 4]])  # [heads, head_dim]
     assert top_neurons(per_head.view(2, 2, 4).sum(1), 2) == [[0, 3], [2, 3]]

@@ -12,7 +12,7 @@ from transformers import AutoModelForCausalLM
 from hubprune.export import save_model_folder
 from hubprune.families import get_family
 from hubprune.plan import PrunePlan
-from hubprune.surgery import apply_plan, needs_custom_code
+from hubprune.surgery import apply_plan, bind_plan, needs_custom_code
 
 # Layer 0 without attention is the KV-cache trap; the rest covers every kind of removal at once,
 # including narrower value heads (head_dim 16; 2 KV groups, each keeping its own channels).
@@ -183,7 +183,7 @@ def test_remote_code_depends_only_on_torch_and_transformers():
 def test_whole_blocks_removed_export_as_stock_architecture(family, tmp_path):
     dense = tiny_model(family)
     plan = PrunePlan(drop_blocks=[1, 3])
-    assert not needs_custom_code(plan, 5)
+    assert not needs_custom_code(bind_plan(plan, dense.config))
     pruned = export(dense, plan, tmp_path)
     stock = AutoModelForCausalLM.from_pretrained(tmp_path).eval()  # no trust_remote_code
     assert stock.config.model_type == family and stock.config.num_hidden_layers == 3

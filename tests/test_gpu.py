@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import hubprune
-from hubprune.methods import METHODS
+from hubprune.methods import methods
 
 pytestmark = pytest.mark.gpu
 
@@ -40,7 +40,7 @@ def source(tmp_path_factory):
     return random_model(tmp_path_factory.mktemp("gpu") / "tinyllama-shaped", config)
 
 
-@pytest.mark.parametrize("method", sorted(set(METHODS) - {"manual"}))
+@pytest.mark.parametrize("method", sorted(set(methods()) - {"manual"}))
 def test_every_method_prunes_on_the_gpu_in_bf16(method, source, tmp_path):
     corpus = str(source / "corpus.txt")
     result = hubprune.prune(str(source), method, sparsity=0.25, output=tmp_path / "out", device="cuda",

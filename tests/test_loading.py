@@ -104,21 +104,22 @@ def test_the_preflight_counts_each_methods_working_memory(monkeypatch):
     """Llama-3-70B-shaped, streamed: the model's share is a few GiB, the methods' own needs are not."""
     from transformers import LlamaConfig
 
-    from hubprune import loading
+    from hubprune import loading, memory
     from hubprune.errors import InsufficientResourcesError
     from hubprune.methods import get_method
 
     config = LlamaConfig(hidden_size=8192, intermediate_size=28672, num_hidden_layers=80, num_attention_heads=64,
                          num_key_value_heads=8, vocab_size=128256)
     GiB = 2**30
-    need = {name: get_method(name).working_memory(config, 2, 2048, 0.3, {})
-            for name in ("2ssp", "fasp", "shortgpt", "window", "blockpruner", "evopress", "slicegpt", "manual")}
+    need = {name: get_method(name).working_memory(config, 2, 2048, 0.3, get_method(name).Options())
+            for name in ("2ssp", "fasp", "shortgpt", "window", "blockpruner", "evopress", "slicegpt")}
+    need["manual"] = get_method("manual").working_memory(config, 2, 2048, None, None)
     assert need["manual"] == {}
     assert 15 * GiB < need["shortgpt"]["device"] == need["window"]["device"] < 20 * GiB  # 256 windows, two copies
     assert 20 * GiB < need["fasp"]["device"] < 35 * GiB  # fp64 Gram of the 28,672-wide FFN, thrice
     assert need["evopress"].get("host", need["evopress"].get("disk")) == 131072 * 128256 * 2  # the dense logits
     assert need["2ssp"]["device"] < need["shortgpt"]["device"]  # 32 windows, not 256
-    monkeypatch.setattr(loading, "available_ram", lambda: 24 * GiB)
+    monkeypatch.setattr(memory, "available_ram", lambda: 24 * GiB)
     streamed = loading.preflight(config, torch.bfloat16, torch.device("cpu"), None, offload=True)
     streamed.check(output=None)  # the model alone fits, block by block
     with pytest.raises(InsufficientResourcesError, match="the method's working memory"):

@@ -207,7 +207,7 @@ def test_a_recipe_expands_sparsities_into_repos_and_validates(tmp_path):
     jobs = load_recipe(recipe)
     assert [(j["repo_id"], j["sparsity"]) for j in jobs] == [
         ("me/Llama-2-7b-fasp20", 0.2), ("me/Llama-2-7b-fasp30", 0.3), ("me/smollm2", 0.25)]
-    assert all(j["device"] == "cuda" and j["private"] for j in jobs) and not jobs[2]["evaluate"]
+    assert all(j["device"] == "cuda" and j["private"] for j in jobs) and jobs[2]["no_eval"]
 
     def refused(data, match):
         recipe.write_text(yaml.safe_dump(data))
@@ -216,7 +216,7 @@ def test_a_recipe_expands_sparsities_into_repos_and_validates(tmp_path):
 
     refused({"jobs": [{"model": "m", "method": "fasp", "sparsity": [0.2, 0.3], "repo_id": "me/x"}]}, "sparsity_pct")
     refused({"jobs": [{"model": "m", "method": "fasp", "repo_id": "me/x", "sparsty": 0.2}]}, "unknown key 'sparsty'")
-    refused({"jobs": [{"model": "m", "method": "fasp", "repo_id": "me/x", "seed": "one"}]}, "wrong type")
+    refused({"jobs": [{"model": "m", "method": "fasp", "repo_id": "me/x", "seed": "one"}]}, "seed 'one': expected an integer")
     refused({"jobs": [{"model": "m", "method": "fasp"}]}, "missing 'repo_id'")
     refused({"jobs": [{"model": "m", "repo_id": "me/x"}, {"model": "n", "repo_id": "me/x"}]}, "two jobs publish")
     refused({"job": []}, "jobs")
@@ -260,9 +260,9 @@ def test_release_workflows_take_the_inputs_and_secret_they_promise():
     assert "${{" not in run  # inputs reach the shell through env, never spliced into the script
     assert any(s.get("uses", "").startswith("actions/cache@") for s in steps)
     methods = on_release["workflow_dispatch"]["inputs"]["method"]["options"]
-    from hubprune.methods import METHODS
+    from hubprune.methods import methods as registered
 
-    assert set(methods) <= set(METHODS)
+    assert set(methods) <= set(registered())
 
 
 def test_the_results_table_for_job_summaries(pushed):

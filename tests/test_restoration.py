@@ -1,10 +1,10 @@
-"""FASP's building blocks (algorithms.md §3.2, §3.4): the column metric and the least-squares restoration."""
+"""FASP's building blocks (docs/algorithms.md, "FASP"): the column metric and the least-squares restoration."""
 from __future__ import annotations
 
 import pytest
 import torch
 
-from hubprune.methods.restoration import RestorationError, column_scores, restore
+from hubprune.methods.compute.restoration import RestorationError, column_scores, restore
 
 
 def layer(seed=0, d_out=16, n=32, tokens=300):

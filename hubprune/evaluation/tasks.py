@@ -1,6 +1,6 @@
 """Zero-shot downstream tasks through lm-eval, on a model held in memory.
 
-The 2SSP protocol (algorithms.md §5.1): winogrande, arc_easy, arc_challenge, hellaswag, piqa and mmlu,
+The 2SSP protocol (docs/algorithms.md, "Evaluation"): winogrande, arc_easy, arc_challenge, hellaswag, piqa and mmlu,
 0-shot, `acc` (and `acc_norm` where the task has it), lm-eval's `HFLM` wrapping the model.
 
 Each task has two sources, and results always say which one was used:

@@ -29,6 +29,12 @@ class Family:
     final_norm_weight = "model.norm.weight"
     head_weight = "lm_head.weight"
     residual_slicing = True  # RMSNorm everywhere, so norms fold into the next linear layers (SliceGPT)
+    evopress_seq_len = 8192  # EvoPress's calibration sequence length for this family (the 2SSP reference's)
+
+    def tiny_config(self):
+        """A tiny random config that is structurally faithful to the family (the tests build every family
+        from it: the format matrix, the method contract)."""
+        raise NotImplementedError(f"{type(self).__name__} has no tiny_config")
 
     @property
     def pruned_model_type(self) -> str:

@@ -21,6 +21,13 @@ class OPTFamily(Family):
     value_cols = "self_attn.out_proj"
     residual_slicing = False  # LayerNorm with mean and bias: SliceGPT would need its centring step, not done here
 
+    def tiny_config(self):  # learned positions, LayerNorms, biases everywhere, ReLU; multi-head (2 heads of 32)
+        from transformers import OPTConfig
+
+        return OPTConfig(vocab_size=128, hidden_size=64, ffn_dim=96, num_hidden_layers=5, num_attention_heads=2,
+                         max_position_embeddings=64, word_embed_proj_dim=64, enable_bias=True,
+                         pad_token_id=0, bos_token_id=1, eos_token_id=2)
+
     def ffn_width(self, config) -> int:
         return config.ffn_dim
 

@@ -8,8 +8,16 @@ class Phi3Family(Family):
 
     model_type = "phi3"
     pruned_class_prefix = "Phi3"
+    evopress_seq_len = 4096
     ffn_rows = ("mlp.gate_up_proj",)
     attention_inputs = ("self_attn.qkv_proj",)
+
+    def tiny_config(self):  # fused q/k/v and gate/up, sliding window
+        from transformers import Phi3Config
+
+        return Phi3Config(vocab_size=128, hidden_size=64, intermediate_size=96, num_hidden_layers=5,
+                          num_attention_heads=4, num_key_value_heads=2, sliding_window=6,
+                          pad_token_id=0, bos_token_id=1, eos_token_id=2)
 
     def slice_ffn(self, tensors: dict[str, torch.Tensor], keep: torch.Tensor) -> dict[str, torch.Tensor]:
         # gate_up_proj stacks the gate rows [0, F) over the up rows [F, 2F): keep neuron j in both halves.

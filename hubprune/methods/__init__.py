@@ -1,6 +1,6 @@
-"""Pruning methods, one module each, registered by name."""
-from . import blockdrop, blockpruner, evopress, fasp, manual, slicegpt, twossp  # noqa: F401 - registers the methods
-from .base import PruneContext, PruningMethod
-from .registry import METHODS, get_method, register
+"""Pruning methods: one module each at this level (registered by name), the passes they share in
+`compute/`. See CONTRIBUTING.md, "Add a method"."""
+from .base import Calibration, Options, Paper, PruneContext, PruningMethod, Selection
+from .registry import get_method, methods, register, unregister
 
-__all__ = ["METHODS", "PruneContext", "PruningMethod", "get_method", "register"]
+__all__ = ["Calibration", "Options", "Paper", "PruneContext", "PruningMethod", "Selection", "get_method", "methods", "register", "unregister"]

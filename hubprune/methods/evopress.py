@@ -1,4 +1,5 @@
-"""EvoPress (Sieberling et al., 2024), sub-module variant, as the 2SSP reference runs it (algorithms.md §4.4).
+"""EvoPress (Sieberling et al., 2024), sub-module variant, as the 2SSP reference runs it (docs/algorithms.md,
+"EvoPress").
 
 A (1 + λ) evolutionary search over which k = ceil(s·N) attention and k MLP sub-modules to bypass.
 Fitness is KL(p_dense ‖ q_candidate) per token on a random minibatch of the calibration sequences (lower
@@ -17,15 +18,16 @@ import math
 import random
 import time
 
+from dataclasses import dataclass
+
+from .. import schema
 from ..errors import InvalidOptionError
 from ..plan import PrunePlan
-from .base import PruneContext, window_bytes
-from .blockdrop import BlockBudgetMethod, blocks_to_remove
+from .base import (BlockBudgetMethod, Calibration, Options, Paper, PruneContext, Selection, blocks_to_remove, calib_data,
+                   window_bytes)
 from .registry import register
 
 
-SEQUENCE_LENGTH = {"llama": 4096, "phi3": 4096, "qwen2": 2048}  # the reference's per-model_type L_cal
-DEFAULT_SEQUENCE_LENGTH = 8192
 SURVIVORS = (2, 1)  # per selection step; the parent joins the last step (elitist)
 MAX_FLIPS = 3
 CHECKPOINT = "evopress"
@@ -83,76 +85,100 @@ def _as_candidate(value) -> tuple:
     return tuple(tuple(part) for part in value)
 
 
+@dataclass
+class EvoPressOptions(Options):
+    calib_data: str = calib_data()
+    evopress_generations: int | None = schema.setting(
+        None, minimum=0, metavar="G", group="evopress",
+        default_text="floor(k(N-k)/1.5), e.g. 160 for N=32 at 37.5%", help="generations to run")
+    evopress_tokens: int = schema.setting(131072, minimum=1, metavar="T", group="evopress",
+                                          help="calibration tokens in all")
+    evopress_seq_len: int | None = schema.setting(
+        None, minimum=2, metavar="L", group="evopress", help="calibration sequence length",
+        default_text="4096 for Llama/Phi-3, 2048 for Qwen2, 8192 otherwise")
+    evopress_offspring: int = schema.setting(32, minimum=1, metavar="N", group="evopress",
+                                             help="offspring per generation")
+    evopress_initial: int = schema.setting(64, minimum=1, metavar="N", group="evopress",
+                                           help="random candidates the first parent is chosen from")
+    evopress_selection_tokens: str = schema.setting(
+        "2048,32768", metavar="T1,T2", group="evopress",
+        help="tokens scored in the two selection steps (best 2, then best 1 with the parent); the first also scores "
+             "the initial candidates")
+    evopress_batch: int = schema.setting(8, minimum=1, metavar="B", group="evopress",
+                                         help="sequences run through a block together")
+
+    def check(self) -> None:
+        steps = _ints(self.evopress_selection_tokens)
+        if len(steps) != len(SURVIVORS):
+            raise InvalidOptionError(f"--evopress-selection-tokens takes {len(SURVIVORS)} token counts, "
+                                     "one per selection step (the reference: 2048,32768)")
+        if min(steps) < 1 or max(steps) > self.evopress_tokens:
+            raise InvalidOptionError(f"--evopress-selection-tokens {self.evopress_selection_tokens}: each step "
+                                     f"must use between 1 and --evopress-tokens ({self.evopress_tokens}) tokens")
+
+
 @register
 class EvoPress(BlockBudgetMethod):
     name = "evopress"
     summary = "evolutionary search over k attention + k MLP removals, fitness = KL to the dense model"
-    paper = ("Sieberling et al., EvoPress: Towards Optimal Dynamic Model Compression via Evolutionary Search "
-             "(2024), arXiv:2410.14649")
-    defaults = {"calib_data": "auto", "evopress_generations": None, "evopress_tokens": 131072,
-                "evopress_seq_len": None, "evopress_offspring": 32, "evopress_initial": 64,
-                "evopress_selection_tokens": "2048,32768", "evopress_batch": 8}
-    options = tuple(defaults)
+    paper = Paper("EvoPress: Towards Optimal Dynamic Model Compression via Evolutionary Search", "2410.14649",
+                  "Sieberling, Oliver")
+    Options = EvoPressOptions
 
-    def check_options(self, options: dict) -> None:
-        opts = self.with_defaults(options)
-        steps = _ints(opts["evopress_selection_tokens"])
-        if len(steps) != len(SURVIVORS):
-            raise InvalidOptionError(f"--evopress-selection-tokens takes {len(SURVIVORS)} token counts, "
-                                     "one per selection step (the reference: 2048,32768)")
-        for name in ("evopress_tokens", "evopress_offspring", "evopress_initial", "evopress_batch"):
-            if int(opts[name]) < 1:
-                raise InvalidOptionError(f"--{name.replace('_', '-')} must be at least 1")
-        if opts["evopress_generations"] is not None and int(opts["evopress_generations"]) < 0:
-            raise InvalidOptionError("--evopress-generations must be 0 or more")
-        if min(steps) < 1 or max(steps) > int(opts["evopress_tokens"]):
-            raise InvalidOptionError(f"--evopress-selection-tokens {opts['evopress_selection_tokens']}: each step "
-                                     f"must use between 1 and --evopress-tokens ({opts['evopress_tokens']}) tokens")
-
-    def working_memory(self, config, itemsize: int, seq_len: int, sparsity: float | None, options: dict) -> dict:
+    def working_memory(self, config, itemsize: int, seq_len: int, sparsity: float | None,
+                       options: EvoPressOptions) -> dict:
         """On the device: the hidden states of a selection step's minibatch for every distinct candidate
         prefix (at most the offspring and their parent). On the host: the dense logits of every calibration
         token (in RAM, or in the run folder when over half of the free RAM: "disk")."""
-        from .kl_fitness import spills
+        from .compute.kl_fitness import spills
 
-        opts = self.with_defaults(options)
-        tokens = int(opts["evopress_tokens"])
-        step_tokens = max(_ints(opts["evopress_selection_tokens"]))
-        device = (int(opts["evopress_offspring"]) + 2) * window_bytes(config, 1, step_tokens, itemsize)
-        logits = tokens * config.vocab_size * itemsize
+        step_tokens = max(_ints(options.evopress_selection_tokens))
+        device = (options.evopress_offspring + 2) * window_bytes(config, 1, step_tokens, itemsize)
+        logits = options.evopress_tokens * config.vocab_size * itemsize
         return {"device": device, "disk" if spills(logits) else "host": logits}
+
+    @staticmethod
+    def layout(options: EvoPressOptions, config) -> tuple[int, int]:
+        """(sequence length, sequences) of the calibration data for this model."""
+        from ..families import get_family
+
+        seq_len = min(options.evopress_seq_len or get_family(config.model_type).evopress_seq_len, options.evopress_tokens)
+        usable = options.evopress_tokens // seq_len * seq_len
+        if max(_ints(options.evopress_selection_tokens)) > usable:
+            raise InvalidOptionError(f"--evopress-selection-tokens: a step scores more tokens than the {usable} "
+                                     f"calibration tokens in whole sequences of {seq_len}")
+        return seq_len, options.evopress_tokens // seq_len
+
+    def calibration(self, options: EvoPressOptions, config) -> Calibration:
+        seq_len, sequences = self.layout(options, config)
+        return Calibration(options.calib_data, sequences, seq_len=seq_len, joined=True)
+
+    def check_model(self, model, sparsity: float | None, options: EvoPressOptions) -> None:
+        super().check_model(model, sparsity, options)
+        self.layout(options, model.config)
 
     def settings(self, context: PruneContext) -> dict:
         """Every setting of the search, defaults resolved for this model (recorded in the report)."""
-        opts = self.with_defaults(context.options)
+        opts = context.options
         config = context.loaded.model.config
         n = config.num_hidden_layers
         k = blocks_to_remove(context.sparsity, n)
-        model_type = config.model_type.removeprefix("hubprune_")
-        seq_len = opts["evopress_seq_len"] or SEQUENCE_LENGTH.get(model_type, DEFAULT_SEQUENCE_LENGTH)
-        seq_len = min(int(seq_len), int(opts["evopress_tokens"]))
-        generations = opts["evopress_generations"]
-        usable = int(opts["evopress_tokens"]) // seq_len * seq_len
-        if max(_ints(opts["evopress_selection_tokens"])) > usable:
-            raise InvalidOptionError(f"--evopress-selection-tokens: a step scores more tokens than the {usable} "
-                                     f"calibration tokens in whole sequences of {seq_len}")
-        return {"calib_data": opts["calib_data"], "k": k, "num_layers": n, "seq_len": seq_len,
-                "sequences": int(opts["evopress_tokens"]) // seq_len,
-                "generations": generations_for(k, n) if generations is None else int(generations),
-                "generations_reference": generations_for(k, n), "offspring": int(opts["evopress_offspring"]),
-                "initially_generated": int(opts["evopress_initial"]),
-                "selection_tokens": _ints(opts["evopress_selection_tokens"]), "survivors": list(SURVIVORS),
-                "initial_tokens": _ints(opts["evopress_selection_tokens"])[0], "max_flips": MAX_FLIPS,
-                "batch": int(opts["evopress_batch"]), "seed": context.seed}
+        seq_len, sequences = self.layout(opts, config)
+        generations = opts.evopress_generations
+        steps = _ints(opts.evopress_selection_tokens)
+        return {"calib_data": opts.calib_data, "k": k, "num_layers": n, "seq_len": seq_len, "sequences": sequences,
+                "generations": generations_for(k, n) if generations is None else generations,
+                "generations_reference": generations_for(k, n), "offspring": opts.evopress_offspring,
+                "initially_generated": opts.evopress_initial, "selection_tokens": steps,
+                "survivors": list(SURVIVORS), "initial_tokens": steps[0], "max_flips": MAX_FLIPS,
+                "batch": opts.evopress_batch, "seed": context.seed}
 
-    def select(self, context: PruneContext) -> PrunePlan:
-        from ..data import joined_sequences
-        from .kl_fitness import DenseLogits, kl_fitness, sample_minibatch
+    def select(self, context: PruneContext) -> Selection:
+        from .compute.kl_fitness import DenseLogits, kl_fitness, sample_minibatch
 
         s = self.settings(context)
         n, k = s["num_layers"], s["k"]
-        sequences, provenance = joined_sequences(context.loaded.tokenizer, context.corpus(s["calib_data"]),
-                                                 s["seq_len"], s["sequences"])
+        sequences = context.windows
         stack = context.stack()
         timings = {}
         started = time.perf_counter()
@@ -203,14 +229,13 @@ class EvoPress(BlockBudgetMethod):
                                           everything, batch=s["batch"])
         timings["final_check"] = time.perf_counter() - started
         attention, mlp = list(best[0]), list(best[1])
-        context.report.update(
-            summary=f"removed attention in {attention}, MLP in {mlp} (k = {k} of {n}; {state['generation']} "
-                    f"generations, KL to dense {initial_kl:.4f} -> {final_kl:.4f} on all calibration tokens)",
-            settings=s, calibration=provenance, dense_logits={"bytes": dense.nbytes, "on_disk": dense.spilled},
-            initial=state["initial"], history=state["history"], generations_done=state["generation"],
-            kl_all_calibration_tokens={"initial": initial_kl, "final": final_kl},
-            block_forwards=stack.block_forwards, timing_seconds=timings)
-        return PrunePlan(skip_attention=attention, skip_mlp=mlp)
+        return Selection(PrunePlan(skip_attention=attention, skip_mlp=mlp), {
+            "summary": f"removed attention in {attention}, MLP in {mlp} (k = {k} of {n}; {state['generation']} "
+                       f"generations, KL to dense {initial_kl:.4f} -> {final_kl:.4f} on all calibration tokens)",
+            "settings": s, "dense_logits": {"bytes": dense.nbytes, "on_disk": dense.spilled},
+            "initial": state["initial"], "history": state["history"], "generations_done": state["generation"],
+            "kl_all_calibration_tokens": {"initial": initial_kl, "final": final_kl},
+            "block_forwards": stack.block_forwards, "timing_seconds": timings})
 
 
 def _checkpoint(context: PruneContext, rng: random.Random, state: dict) -> dict:

@@ -1,12 +1,13 @@
 """FASP (arXiv:2501.09412, 2025): interlinked column/row pruning with least-squares restoration,
-block by block, as reconstructed in algorithms.md §3 (no reference code exists; [REC] choices noted).
+block by block, as reconstructed in docs/algorithms.md, "FASP" (no reference code exists; [REC] marks
+the choices made here).
 
 Per block, on the calibration windows' hidden states (the pruned outputs of the blocks before it):
 1. Attention pair: the Gram matrix H_o of o_proj's inputs is accumulated; a value channel (KV group g,
    channel c) scores the sum over the group's heads h of sqrt(H_o[j, j]) · ‖W_o[:, j]‖₁, j = h·d_head + c.
    Every group keeps its own top v channels (the same count v in every group of the layer, so the
    pruned heads stay uniform: `per_head_uniform`). v_proj loses the other rows (and bias entries),
-   o_proj the matching columns, and o_proj's kept columns are refitted by least squares (§3.4).
+   o_proj the matching columns, and o_proj's kept columns are refitted by least squares ("Restoration").
 2. FFN pair, on inputs recomputed with the pruned attention: the same for down_proj's columns (FFN
    neurons), gate/up (or Phi-3's fused gate_up) losing the matching rows, down_proj refitted.
 3. The block's pruned output becomes the next block's input. Only one block is on the device.
@@ -24,9 +25,10 @@ import logging
 import time
 from dataclasses import asdict, dataclass
 
+from .. import schema
 from ..errors import InvalidOptionError
-from ..plan import PrunePlan
-from .base import PruneContext, PruningMethod, window_bytes
+from .base import (Options, Paper, PruneContext, PruningMethod, Selection, calib_data, calib_samples, ffn_multiple,
+                   window_bytes)
 from .registry import register
 
 log = logging.getLogger("hubprune")
@@ -95,66 +97,73 @@ def widths(counts: dict, sparsity: float, semantics: str, ffn_multiple: int, val
     return Widths(semantics, rho, head_dim, value_keep, ffn, keep, keep_exact, predicted)
 
 
+@dataclass
+class FASPOptions(Options):
+    calib_data: str = calib_data()
+    calib_samples: int = calib_samples(32)
+    ffn_multiple: int = ffn_multiple()
+    value_multiple: int = schema.setting(
+        8, minimum=1, metavar="M", group="fasp",
+        help="round the kept value channels per head to a multiple of M: on CUDA the memory-efficient attention "
+             "kernel needs bf16 value widths divisible by 8 (else the math kernel, slow and quadratic in memory); "
+             "1 keeps the unrounded width")
+    fasp_sparsity_semantics: str = schema.setting(
+        "params", choices=("params", "columns"), group="fasp",
+        help="params: remove --sparsity of the decoder-layer parameters (comparable with 2SSP); columns: remove "
+             "--sparsity of each pair's columns, fewer parameters since Q/K stay")
+    fasp_gram_dtype: str = schema.setting(
+        "auto", choices=tuple(GRAM_DTYPES), group="fasp",
+        help="precision of the Gram matrices: auto = fp64 for layers wider than 16384 (fast on H100/H200, 20-60x "
+             "slower on consumer GPUs), float32 everywhere, or float64 everywhere")
+    no_restore: bool = schema.setting(False, group="fasp",
+                                      help="prune without the least-squares refit of o_proj / down_proj (an ablation)")
+
+
 @register
 class FASP(PruningMethod):
     name = "fasp"
     summary = "interlinked column/row pruning of value and FFN channels with least-squares restoration"
-    paper = "FASP: Fast and Accurate Structured Pruning of Large Language Models (2025), arXiv:2501.09412"
-    defaults = {"calib_data": "auto", "calib_samples": 32, "ffn_multiple": 8, "value_multiple": 8,
-                "fasp_sparsity_semantics": "params", "fasp_gram_dtype": "auto", "no_restore": False}
-    options = tuple(defaults)
+    paper = Paper("FASP: Fast and Accurate Structured Pruning of Large Language Models", "2501.09412", "Hu, Hanyu")
+    Options = FASPOptions
 
-    def check_options(self, options: dict) -> None:
-        opts = self.with_defaults(options)
-        if opts["fasp_sparsity_semantics"] not in ("params", "columns"):
-            raise InvalidOptionError("--fasp-sparsity-semantics: choose params (decoder-layer parameters, default) "
-                                     "or columns (the fraction of each pair's columns)")
-        if opts["fasp_gram_dtype"] not in GRAM_DTYPES:
-            raise InvalidOptionError(f"--fasp-gram-dtype: choose {', '.join(GRAM_DTYPES)}")
-        if min(int(opts["calib_samples"]), int(opts["ffn_multiple"]), int(opts["value_multiple"])) < 1:
-            raise InvalidOptionError("--calib-samples, --ffn-multiple and --value-multiple must be at least 1")
-
-    def working_memory(self, config, itemsize: int, seq_len: int, sparsity: float | None, options: dict) -> dict:
+    def working_memory(self, config, itemsize: int, seq_len: int, sparsity: float | None, options: FASPOptions) -> dict:
         """The windows' states three times (block inputs, o_proj inputs, mid-block states), the Gram matrix
         of the widest refitted layer with the Cholesky factor and solve beside it (fp64 above
         FP64_GRAM_ABOVE), and one batch's FFN activations."""
-        opts = self.with_defaults(options)
-        windows = opts["calib_samples"]
+        windows = options.calib_samples
         ffn = getattr(config, "intermediate_size", None) or config.ffn_dim
         width = max(ffn, config.hidden_size)
-        gram = width * width * (8 if width > GRAM_DTYPES[opts["fasp_gram_dtype"]] else 4)
-        ffn_batch = min(8, int(windows)) * seq_len * ffn * itemsize
+        gram = width * width * (8 if width > GRAM_DTYPES[options.fasp_gram_dtype] else 4)
+        ffn_batch = min(8, windows) * seq_len * ffn * itemsize
         return {"device": 3 * window_bytes(config, windows, seq_len, itemsize) + 3 * gram + ffn_batch}
 
-    def check_model(self, model, sparsity: float | None, options: dict) -> None:
-        opts = self.with_defaults(options)
-        widths(module_counts(model), sparsity, opts["fasp_sparsity_semantics"], int(opts["ffn_multiple"]),
-               int(opts["value_multiple"]))
+    def check_model(self, model, sparsity: float | None, options: FASPOptions) -> None:
+        widths(module_counts(model), sparsity, options.fasp_sparsity_semantics, options.ffn_multiple,
+               options.value_multiple)
 
-    def select(self, context: PruneContext) -> PrunePlan:
-        from .fasp_blocks import prune_blocks
+    def select(self, context: PruneContext) -> Selection:
+        from .compute.fasp_blocks import prune_blocks
 
-        opts = self.with_defaults(context.options)
+        opts = context.options
         model = context.loaded.model
-        plan_widths = widths(module_counts(model), context.sparsity, opts["fasp_sparsity_semantics"],
-                             int(opts["ffn_multiple"]), int(opts["value_multiple"]))
-        windows, provenance = context.calibration(opts["calib_data"], int(opts["calib_samples"]))
+        plan_widths = widths(module_counts(model), context.sparsity, opts.fasp_sparsity_semantics, opts.ffn_multiple,
+                             opts.value_multiple)
+        windows = context.windows
         widest = max(plan_widths.ffn_width, model.config.num_attention_heads * plan_widths.head_dim)
-        if not opts["no_restore"] and windows.numel() < 2 * widest:
+        if not opts.no_restore and windows.numel() < 2 * widest:
             log.warning("FASP refits layers %d columns wide from %d calibration tokens: a least-squares fit from "
                         "so few tokens overfits them; use more --calib-samples or a longer --seq-len",
                         widest, windows.numel())
         started = time.perf_counter()
         plan, timings = prune_blocks(context.stack(), windows, plan_widths, context.restored,
-                                     restore_weights=not opts["no_restore"], damping=DAMPING,
-                                     fp64_above=GRAM_DTYPES[opts["fasp_gram_dtype"]])
+                                     restore_weights=not opts.no_restore, damping=DAMPING,
+                                     fp64_above=GRAM_DTYPES[opts.fasp_gram_dtype])
         timings["total"] = time.perf_counter() - started
         w = plan_widths
-        context.report.update(
-            summary=(f"every block keeps {w.value_keep}/{w.head_dim} value channels per head and {w.ffn_keep}/"
-                     f"{w.ffn_width} FFN neurons (predicted sparsity {w.predicted_sparsity:.2%}; "
-                     f"{'with' if not opts['no_restore'] else 'without'} least-squares restoration)"),
-            options=opts, widths=asdict(w), calibration=provenance, damping=DAMPING,
-            restored=not opts["no_restore"], timing_seconds=timings)
-        return plan
+        return Selection(plan, {
+            "summary": (f"every block keeps {w.value_keep}/{w.head_dim} value channels per head and {w.ffn_keep}/"
+                        f"{w.ffn_width} FFN neurons (predicted sparsity {w.predicted_sparsity:.2%}; "
+                        f"{'without' if opts.no_restore else 'with'} least-squares restoration)"),
+            "options": asdict(opts), "widths": asdict(w), "damping": DAMPING, "restored": not opts.no_restore,
+            "timing_seconds": timings})
 

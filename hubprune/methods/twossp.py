@@ -1,4 +1,4 @@
-"""2SSP: two-stage structured pruning (Sandri et al., TMLR 2025), as in `algorithms.md` §2.
+"""2SSP: two-stage structured pruning (Sandri et al., TMLR 2025), as in docs/algorithms.md, "2SSP".
 
 Stage 1 removes FFN neurons: every block keeps the same number `k_keep`, chosen per block by the mean
 over calibration windows of each neuron's L2 norm (over tokens) at the `down_proj` input.
@@ -16,16 +16,32 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
+from .. import schema
 from ..errors import InvalidOptionError
 from ..plan import PrunePlan
-from .base import PruneContext, PruningMethod, window_bytes
+from .base import (Options, Paper, PruneContext, PruningMethod, Selection, calib_data, calib_samples, ffn_multiple,
+                   window_bytes)
 from .registry import register
 
-# Only the light part lives here (options, budget) so that `hubprune methods` needs no torch;
-# the stages themselves are in `twossp_stages.py`.
 
-DEFAULTS = {"alpha": 1.5, "calib_data": "auto", "calib_samples": 32, "stage2_samples": 1, "ffn_multiple": 8,
-            "stage2": "cached", "stage2_batch": 8}
+@dataclass
+class TwoStageOptions(Options):
+    alpha: float = schema.setting(1.5, above=0, group="2ssp",
+                                  help="balance between attention removal and FFN width (Eq. 5)")
+    calib_data: str = calib_data()
+    calib_samples: int = calib_samples(32)
+    stage2_samples: int = schema.setting(1, minimum=1, metavar="N", group="2ssp",
+                                         help="calibration windows scored by stage 2's perplexity")
+    ffn_multiple: int = ffn_multiple()
+    stage2: str = schema.setting("cached", choices=("cached", "naive"), group="2ssp",
+                                 help="cached: reuse the outputs of unchanged blocks and batch candidates; naive: one "
+                                      "full forward per candidate, as the reference code")
+    stage2_batch: int = schema.setting(8, minimum=1, metavar="B", group="2ssp",
+                                       help="candidates run through a block together")
+
+    def check(self) -> None:
+        if self.stage2_samples > self.calib_samples:
+            raise InvalidOptionError("--stage2-samples cannot exceed --calib-samples (stage 2 uses the first windows)")
 
 
 # -- balancing ("Equation 5") ---------------------------------------------------------------------------
@@ -102,57 +118,44 @@ def balance(*, sparsity: float, num_layers: int, ffn_width: int, attention_param
 class TwoStageMethod(PruningMethod):
     name = "2ssp"
     summary = "two-stage: uniform FFN-neuron width pruning, then greedy removal of attention sub-modules"
-    paper = "Sandri et al., 2SSP: A Two-Stage Framework for Structured Pruning of LLMs (TMLR 2025), arXiv:2501.17771"
-    defaults = DEFAULTS
-    options = tuple(DEFAULTS)
+    paper = Paper("2SSP: A Two-Stage Framework for Structured Pruning of LLMs", "2501.17771", "Sandri, Fabrizio",
+                  "TMLR 2025")
+    Options = TwoStageOptions
 
-    def check_options(self, options: dict) -> None:
-        opts = self.with_defaults(options)
-        if not opts["alpha"] > 0:
-            raise InvalidOptionError(f"--alpha {opts['alpha']}: must be positive (the reference uses 1.5)")
-        for key in ("calib_samples", "stage2_samples", "ffn_multiple", "stage2_batch"):
-            if int(opts[key]) < 1:
-                raise InvalidOptionError(f"--{key.replace('_', '-')} {opts[key]}: must be at least 1")
-        if opts["stage2_samples"] > opts["calib_samples"]:
-            raise InvalidOptionError("--stage2-samples cannot exceed --calib-samples (stage 2 uses the first windows)")
-        if opts["stage2"] not in ("cached", "naive"):
-            raise InvalidOptionError(f"--stage2 {opts['stage2']}: choose cached or naive")
+    def check_model(self, model, sparsity: float | None, options: TwoStageOptions) -> None:
+        self.budget(model, sparsity, options)
 
-    def check_model(self, model, sparsity: float | None, options: dict) -> None:
-        self.budget(model, sparsity, self.with_defaults(options))
-
-    def working_memory(self, config, itemsize: int, seq_len: int, sparsity: float | None, options: dict) -> dict:
+    def working_memory(self, config, itemsize: int, seq_len: int, sparsity: float | None,
+                       options: TwoStageOptions) -> dict:
         """Stage 1 holds the calibration windows' states (and a block's outputs); stage 2 every block's
         input plus up to one candidate per block in flight, on the stage-2 windows."""
-        opts = self.with_defaults(options)
-        stage1 = 2 * window_bytes(config, opts["calib_samples"], seq_len, itemsize)
-        stage2 = 2 * config.num_hidden_layers * window_bytes(config, opts["stage2_samples"], seq_len, itemsize)
+        stage1 = 2 * window_bytes(config, options.calib_samples, seq_len, itemsize)
+        stage2 = 2 * config.num_hidden_layers * window_bytes(config, options.stage2_samples, seq_len, itemsize)
         return {"device": max(stage1, stage2)}
 
     @staticmethod
-    def budget(model, sparsity: float, opts: dict) -> Balance:
+    def budget(model, sparsity: float, opts: TwoStageOptions) -> Balance:
         from ..families import get_family
 
         p_attn, p_mlp, p_main = module_sizes(model)
         return balance(sparsity=sparsity, num_layers=model.config.num_hidden_layers,
                        ffn_width=get_family(model.config.model_type).ffn_width(model.config),
                        attention_parameters=p_attn, mlp_parameters=p_mlp, decoder_parameters=p_main,
-                       alpha=float(opts["alpha"]), ffn_multiple=int(opts["ffn_multiple"]))
+                       alpha=opts.alpha, ffn_multiple=opts.ffn_multiple)
 
-    def select(self, context: PruneContext) -> PrunePlan:
-        from .twossp_stages import two_stages
+    def select(self, context: PruneContext) -> Selection:
+        from .compute.twossp_stages import two_stages
 
-        opts = self.with_defaults(context.options)
+        opts = context.options
         budget = self.budget(context.loaded.model, context.sparsity, opts)
-        windows, provenance = context.calibration(opts["calib_data"], int(opts["calib_samples"]))
-        result = two_stages(context.stack(), windows, keep=budget.keep, n_attn=budget.n_attn,
-                            stage2_samples=int(opts["stage2_samples"]), stage2=opts["stage2"],
-                            stage2_batch=int(opts["stage2_batch"]))
+        result = two_stages(context.stack(), context.windows, keep=budget.keep, n_attn=budget.n_attn,
+                            stage2_samples=opts.stage2_samples, stage2=opts.stage2, stage2_batch=opts.stage2_batch)
         removed = sorted(result["removed"])
         summary = (f"removed attention in {len(removed)} blocks {removed}, kept {budget.keep} of "
                    f"{budget.ffn_width} FFN neurons per block; stage 1 {result['stage1']['seconds']:.1f} s, "
                    f"stage 2 {result['stage2']['seconds']:.1f} s")
-        context.report.update(summary=summary, options=opts, balance=budget.to_dict(), calibration=provenance,
-                              stage1=result["stage1"], stage2=result["stage2"], removed_attention=result["removed"])
-        return PrunePlan(keep_ffn_neurons=dict(enumerate(result["kept"])), skip_attention=removed)
+        plan = PrunePlan(keep_ffn_neurons=dict(enumerate(result["kept"])), skip_attention=removed)
+        return Selection(plan, {"summary": summary, "options": asdict(opts), "balance": budget.to_dict(),
+                                "stage1": result["stage1"], "stage2": result["stage2"],
+                                "removed_attention": result["removed"]})
 

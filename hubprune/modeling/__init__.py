@@ -1,29 +1,15 @@
 """The pruned architecture. `configuration_hubprune.py` and `modeling_hubprune.py` are copied verbatim
-into every exported model folder (remote code); they import nothing from hubprune."""
+into every exported model folder (remote code); they import nothing from hubprune. The classes of each
+family are found by the names its adapter gives (`families.Family.pruned_config_class`, ...)."""
 from pathlib import Path
 
-from .configuration_hubprune import (
-    HubPruneLlamaConfig,
-    HubPruneMistralConfig,
-    HubPruneOPTConfig,
-    HubPrunePhi3Config,
-    HubPruneQwen2Config,
-)
-from .modeling_hubprune import (
-    HubPruneLlamaForCausalLM,
-    HubPruneMistralForCausalLM,
-    HubPruneOPTForCausalLM,
-    HubPrunePhi3ForCausalLM,
-    HubPruneQwen2ForCausalLM,
-)
+from ..families import FAMILIES
+from . import configuration_hubprune, modeling_hubprune
 
 OWN_CLASSES = {  # model_type -> (config class, model class): the pruned format, loaded with these classes
-    config.model_type: (config, model)
-    for config, model in ((HubPruneLlamaConfig, HubPruneLlamaForCausalLM),
-                          (HubPruneMistralConfig, HubPruneMistralForCausalLM),
-                          (HubPruneQwen2Config, HubPruneQwen2ForCausalLM),
-                          (HubPrunePhi3Config, HubPrunePhi3ForCausalLM),
-                          (HubPruneOPTConfig, HubPruneOPTForCausalLM))
+    family.pruned_model_type: (getattr(configuration_hubprune, family.pruned_config_class),
+                               getattr(modeling_hubprune, family.pruned_model_class))
+    for family in FAMILIES.values()
 }
 
 
@@ -39,18 +25,4 @@ def register_own_classes() -> None:
 
 REMOTE_CODE_FILES = tuple(Path(__file__).parent / name for name in ("configuration_hubprune.py", "modeling_hubprune.py"))
 
-__all__ = [
-    "OWN_CLASSES",
-    "REMOTE_CODE_FILES",
-    "register_own_classes",
-    "HubPruneLlamaConfig",
-    "HubPruneMistralConfig",
-    "HubPruneQwen2Config",
-    "HubPrunePhi3Config",
-    "HubPruneOPTConfig",
-    "HubPruneLlamaForCausalLM",
-    "HubPruneMistralForCausalLM",
-    "HubPruneQwen2ForCausalLM",
-    "HubPrunePhi3ForCausalLM",
-    "HubPruneOPTForCausalLM",
-]
+__all__ = ["OWN_CLASSES", "REMOTE_CODE_FILES", "register_own_classes"]

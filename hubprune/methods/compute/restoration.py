@@ -1,4 +1,4 @@
-"""Column pruning of a linear layer with closed-form least-squares restoration (algorithms.md §3.2, §3.4).
+"""Column pruning of a linear layer with closed-form least-squares restoration (docs/algorithms.md, "FASP").
 
 For a consumer layer W [d_out, n] whose inputs X [n, T] have the Gram matrix H = X Xᵀ (accumulated
 over the calibration tokens), a column j scores ‖X_j‖₂ · ‖W[:, j]‖₁ = sqrt(H_jj) · Σ_i |W_ij|
@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import torch
 
-from ..errors import HubPruneError
+from ...errors import HubPruneError
 
 
 class RestorationError(HubPruneError):

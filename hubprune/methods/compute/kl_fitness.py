@@ -15,8 +15,8 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from ..loading import available_ram
-from ..sequential import DecoderStack
+from ... import memory
+from ...sequential import DecoderStack
 
 log = logging.getLogger("hubprune")
 
@@ -31,7 +31,7 @@ def _token_chunk(vocab: int) -> int:
 
 def spills(nbytes: int) -> bool:
     """Whether dense logits of `nbytes` go to a mapped file: over half of the free RAM."""
-    ram = available_ram()
+    ram = memory.available_ram()
     return ram is not None and nbytes > ram // 2
 
 

@@ -15,9 +15,9 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from ..plan import PrunePlan
-from ..runs import LayerTensors
-from ..sequential import DecoderStack
+from ...plan import PrunePlan
+from ...runs import LayerTensors
+from ...sequential import DecoderStack
 from .clock import PhaseClock
 from .restoration import column_scores, restore
 from .twossp_stages import top_neurons

@@ -19,7 +19,7 @@ from collections.abc import Callable
 import torch
 from tqdm.auto import tqdm
 
-from ..sequential import DecoderStack, mlp_parameters
+from ...sequential import DecoderStack, mlp_parameters
 
 KINDS = ("attention", "mlp")
 Candidate = tuple[int, str]  # (layer, kind)

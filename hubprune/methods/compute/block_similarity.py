@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from ..sequential import DecoderStack
+from ...sequential import DecoderStack
 
 
 @torch.no_grad()

@@ -6,7 +6,7 @@ import time
 import torch
 from tqdm.auto import tqdm
 
-from ..sequential import DecoderStack
+from ...sequential import DecoderStack
 from .greedy import greedy_cached, greedy_naive
 
 

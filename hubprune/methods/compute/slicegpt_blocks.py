@@ -20,9 +20,9 @@ from __future__ import annotations
 import torch
 from tqdm.auto import tqdm
 
-from ..runs import LayerTensors
-from ..sequential import DecoderStack
-from ..surgery import OUTSIDE_BLOCKS
+from ...runs import LayerTensors
+from ...sequential import DecoderStack
+from ...surgery import OUTSIDE_BLOCKS
 from .clock import PhaseClock
 
 DAMPING = 0.01  # of the mean diagonal of H, added to the diagonal before the eigendecomposition [C]
