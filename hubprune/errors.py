@@ -75,3 +75,8 @@ class DatasetUnavailableError(HubPruneError):
 
 class MissingAssetError(HubPruneError):
     """An embedded asset (default model or corpus) is not installed."""
+
+
+class ExportError(HubPruneError):
+    """This pruned model cannot be written in the format asked for (the text names the formats that can
+    carry it)."""

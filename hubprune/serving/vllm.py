@@ -1,0 +1,129 @@
+"""vLLM's native DeciLM format ("nemotron-nas"): Llama-shaped decoder blocks, each with its own FFN width
+and KV heads, and attention or MLP removable per block. vLLM serves it with its own `DeciLMForCausalLM`,
+so no hubprune code runs in the engine; only the small config class `configuration_decilm.py` travels
+with the model (no transformers release registers "nemotron-nas"). See docs/format.md, "Serving exports".
+
+What the format cannot carry is refused in one line, before anything is written: value-pruned attention
+(FASP), a sliced residual stream (SliceGPT), OPT, and a first block without attention (vLLM's first
+layer needs a residual to start from).
+"""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+from ..errors import ExportError, InvalidOptionError
+from ..outputs import RECORD_FILENAME, OutputLock, atomic_folder, check_writable, read_json_object, recover
+
+CONFIG_CLASS_FILE = Path(__file__).with_name("configuration_decilm.py")
+LLAMA_SHAPED = ("llama", "mistral", "qwen2", "phi3")  # families whose blocks DeciLM's Llama blocks express
+# Keys of the pruned config that describe hubprune's own format, not the model.
+_DROPPED = ("architectures", "model_type", "auto_map", "block_configs", "layer_types", "transformers_version")
+_NOT_COPIED = ("config.json", "README.md", RECORD_FILENAME)
+OTHER_FORMATS = "it serves from the hubprune output itself (transformers, remote code)"
+
+
+def decilm_config(config: dict) -> dict:
+    """The DeciLM config.json of a hubprune output's (or a stock export's) config.json."""
+    family = config["model_type"].removeprefix("hubprune_")
+    if family not in LLAMA_SHAPED:
+        raise ExportError(f"the vllm format carries Llama-shaped blocks ({', '.join(LLAMA_SHAPED)}), not {family}; "
+                          f"{OTHER_FORMATS}")
+    heads = config["num_attention_heads"]
+    kv_heads = config.get("num_key_value_heads") or heads
+    width = config["intermediate_size"]
+    blocks = config.get("block_configs") or [
+        {"attention": {"no_op": False, "num_key_value_heads": kv_heads}, "ffn": {"no_op": False, "intermediate_size": width}}
+        for _ in range(config["num_hidden_layers"])]
+    for index, block in enumerate(blocks):
+        if "v_head_dim" in block["attention"]:
+            raise ExportError(f"block {index} has value-pruned attention (FASP), which vLLM's DeciLM format cannot "
+                              f"express (one head size for values and keys); {OTHER_FORMATS}")
+        if "residual" in block:
+            raise ExportError(f"this model's residual stream is sliced (SliceGPT), which vLLM's DeciLM format cannot "
+                              f"express; {OTHER_FORMATS}")
+    if blocks[0]["attention"]["no_op"]:
+        raise ExportError("block 0 has no attention, which vLLM's DeciLM model cannot start from (its first layer "
+                          f"takes the residual from the attention norm); {OTHER_FORMATS}")
+    source_types = config.get("layer_types") or ["full_attention"] * len(blocks)
+    out = {k: v for k, v in config.items() if k not in _DROPPED}
+    out.update(model_type="nemotron-nas", architectures=["DeciLMForCausalLM"],
+               auto_map={"AutoConfig": f"{CONFIG_CLASS_FILE.stem}.DeciLMConfig"})
+    out["block_configs"] = [
+        {"attention": {"no_op": block["attention"]["no_op"],
+                       "n_heads_in_group": heads // block["attention"]["num_key_value_heads"]},
+         "ffn": {"no_op": block["ffn"]["no_op"], "intermediate_size": block["ffn"]["intermediate_size"]}}
+        for block in blocks]
+    # Sliding-window layers keep their window; a block without attention has no type to keep.
+    out["layer_types"] = [t if t in ("full_attention", "sliding_attention") else "full_attention" for t in source_types]
+    if family == "qwen2":  # q/k/v have biases, o_proj has none: vLLM's DeciLM reads `qkv_bias` for that
+        out.update(qkv_bias=True, attention_bias=False)
+    return out
+
+
+def export_vllm(folder: Path, output: Path, *, overwrite: bool = False) -> Path:
+    """Write the hubprune output `folder` in vLLM's DeciLM format to `output`."""
+    record = _hubprune_record(folder)
+    config = read_json_object(folder / "config.json", ExportError, "it is not a readable model folder")
+    target = decilm_config(config)  # refused before anything is written
+    check_writable(output)
+    with OutputLock(output):
+        recover(output)
+        with atomic_folder(output, overwrite) as tmp:
+            (tmp / "config.json").write_text(json.dumps(target, indent=2) + "\n")
+            shutil.copy(CONFIG_CLASS_FILE, tmp / CONFIG_CLASS_FILE.name)
+            if config["model_type"].removeprefix("hubprune_") == "phi3":
+                _split_phi3_weights(folder, tmp)
+            for path in folder.iterdir():
+                if path.is_file() and path.suffix != ".py" and path.name not in _NOT_COPIED and not (
+                        tmp / path.name).exists():
+                    shutil.copy(path, tmp / path.name)
+            record["export"] = {"format": "vllm", "from": folder.name,
+                                "serve": f"vllm serve {output.name} --trust-remote-code"}
+            (tmp / RECORD_FILENAME).write_text(json.dumps(record, indent=1) + "\n")
+    return output
+
+
+def _hubprune_record(folder: Path) -> dict:
+    if not (folder / "config.json").is_file():
+        raise InvalidOptionError(f"{folder}: not a model folder (no config.json)")
+    if not (folder / RECORD_FILENAME).is_file():
+        raise InvalidOptionError(f"{folder}: not a hubprune output (no {RECORD_FILENAME}); export prunes' outputs")
+    return read_json_object(folder / RECORD_FILENAME, ExportError, "hubprune wrote it: prune again")
+
+
+def _split_phi3_weights(folder: Path, target: Path) -> None:
+    """Phi-3 fuses q/k/v into `qkv_proj` and gate/up into `gate_up_proj`; DeciLM reads them apart. One
+    shard at a time, so memory holds one shard."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    config = json.loads((folder / "config.json").read_text())
+    heads, head_dim = config["num_attention_heads"], config.get("head_dim") or config["hidden_size"] // config[
+        "num_attention_heads"]
+    index_file = folder / "model.safetensors.index.json"
+    shards = sorted(folder.glob("*.safetensors"))
+    weight_map = {}
+    for shard in shards:
+        tensors = {}
+        with safe_open(shard, framework="pt") as reader:
+            for name in reader.keys():
+                tensor = reader.get_tensor(name)
+                if name.endswith("self_attn.qkv_proj.weight"):
+                    rows = tensor.shape[0] - heads * head_dim  # k and v rows together
+                    q, k, v = tensor.split([heads * head_dim, rows // 2, rows // 2])
+                    for part, value in (("q_proj", q), ("k_proj", k), ("v_proj", v)):
+                        tensors[name.replace("qkv_proj", part)] = value.contiguous()
+                elif name.endswith("mlp.gate_up_proj.weight"):
+                    gate, up = tensor.chunk(2)
+                    tensors[name.replace("gate_up_proj", "gate_proj")] = gate.contiguous()
+                    tensors[name.replace("gate_up_proj", "up_proj")] = up.contiguous()
+                else:
+                    tensors[name] = tensor
+        save_file(tensors, target / shard.name, metadata={"format": "pt"})
+        weight_map.update(dict.fromkeys(tensors, shard.name))
+    if index_file.is_file():
+        index = json.loads(index_file.read_text())
+        index["weight_map"] = weight_map
+        (target / index_file.name).write_text(json.dumps(index, indent=1) + "\n")
