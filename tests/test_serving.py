@@ -170,3 +170,105 @@ def test_vllm_serves_the_export_with_the_log_probs_of_transformers(tmp_path, emb
     served = json.loads(next(line for line in out.stdout.splitlines() if line.startswith("LOGPROBS "))[9:])
     for got, want in zip(served, expected, strict=True):
         assert len(got) == len(want) and max(abs(a - b) for a, b in zip(got, want)) < 1e-3
+
+
+# -- gguf ------------------------------------------------------------------------------------------------
+
+EMBEDDED_PLAN = PrunePlan(keep_ffn_neurons={1: list(range(0, 1536, 3)), 2: list(range(1000))},
+                          skip_attention=[5, 9, 20], skip_mlp=[7, 20, 25])
+
+
+@pytest.fixture(scope="module")
+def embedded_output(tmp_path_factory):
+    """The embedded SmolLM2 pruned by a plan (no calibration): its output folder and the pruned model."""
+    import hubprune
+
+    folder = tmp_path_factory.mktemp("gguf") / "pruned"
+    plan_file = folder.parent / "plan.json"
+    EMBEDDED_PLAN.save(plan_file)
+    result = hubprune.prune("default", "manual", output=folder, options={"plan": str(plan_file)}, device="cpu",
+                            dtype="float32")
+    return folder, result.model
+
+
+def test_gguf_export_carries_per_block_heads_widths_weights_and_the_tokenizer(embedded_output, tmp_path):
+    import gguf
+
+    from hubprune.embedded import default_model_gguf
+    from hubprune.serving.gguf import _permute
+
+    folder, model = embedded_output
+    export(folder, "gguf", tmp_path / "m.gguf", gguf_dtype="float16")
+    reader = gguf.GGUFReader(tmp_path / "m.gguf")
+    field = lambda key: reader.fields[key].contents()  # noqa: E731
+    assert field("general.architecture") == "deci" and field("deci.block_count") == 29  # block 20 dropped
+    blocks = model.config.block_configs
+    assert field("deci.attention.head_count") == [0 if b["attention"]["no_op"] else 9 for b in blocks]
+    assert field("deci.attention.head_count_kv") == [0 if b["attention"]["no_op"] else 3 for b in blocks]
+    # Block 7 keeps attention without its MLP: a one-neuron FFN, because llama.cpp skips a block's
+    # attention residual when its FFN width is 0.
+    widths = field("deci.feed_forward_length")
+    assert widths[:3] == [1536, 512, 1000] and widths[7] == 1 and widths[24] == 1
+    tensors = {t.name: t for t in reader.tensors}
+    assert "blk.5.attn_q.weight" not in tensors and not tensors["blk.7.ffn_down.weight"].data.any()
+    assert tensors["blk.0.attn_norm.weight"].tensor_type == gguf.GGMLQuantizationType.F32  # vectors stay fp32
+    q = torch.from_numpy(tensors["blk.0.attn_q.weight"].data.astype("float32"))
+    expected = _permute(model.state_dict()["model.layers.0.self_attn.q_proj.weight"].float(), 9).half().float()
+    assert torch.equal(q, expected)  # llama.cpp's interleaved RoPE layout
+    source = gguf.GGUFReader(default_model_gguf())
+    for key in ("tokenizer.ggml.tokens", "tokenizer.ggml.merges", "tokenizer.ggml.pre", "tokenizer.chat_template"):
+        assert field(key) == source.fields[key].contents()
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    ({"model_type": "hubprune_phi3"}, "not phi3"),
+    ({"layer_types": ["sliding_attention"] * 2, "sliding_window": 16, "max_position_embeddings": 64}, "sliding-window"),
+    ({"rope_parameters": {"rope_type": "llama3", "rope_theta": 5e5}}, "rope scaling 'llama3'"),
+    ({"block_configs": [{"attention": {"no_op": True, "num_key_value_heads": 2},
+                         "ffn": {"no_op": False, "intermediate_size": 96}}] * 2}, "block 0 has no attention"),
+])
+def test_what_the_gguf_format_cannot_carry_is_refused(change, message):
+    from hubprune.serving.gguf import gguf_layout
+
+    with pytest.raises(ExportError, match=message):
+        gguf_layout(dense_config(**change))
+
+
+def test_a_gguf_export_needs_a_source_gguf_tokenizer(tmp_path):
+    _, folder = pruned_output("llama", tmp_path / "out")
+    with pytest.raises(ExportError, match="Hugging Face tokenizer is not converted yet"):
+        export(folder, "gguf", tmp_path / "m.gguf")
+    assert not (tmp_path / "m.gguf").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.serve
+def test_llama_cpp_runs_the_gguf_with_the_log_probs_and_tokens_of_transformers(embedded_output, embedded_tokenizer,
+                                                                              tmp_path):
+    """llama.cpp (through llama-cpp-python) on the f32 GGUF of the pruned embedded model, f32 KV cache:
+    prompt log-probs within 1e-3 of transformers and the same greedy continuation."""
+    try:
+        import llama_cpp
+    except ImportError:
+        pytest.fail("llama-cpp-python is not installed: run `make serve-env` first")
+    folder, model = embedded_output
+    path = export(folder, "gguf", tmp_path / "m.gguf")
+    llm = llama_cpp.Llama(str(path), n_ctx=256, logits_all=True, verbose=False, n_threads=2, seed=0,
+                          type_k=llama_cpp.GGML_TYPE_F32, type_v=llama_cpp.GGML_TYPE_F32)
+    for prompt in PROMPTS:
+        ids = embedded_tokenizer(prompt).input_ids
+        llm.reset()
+        llm.eval(ids)
+        served = torch.log_softmax(torch.tensor(llm.scores[:len(ids) - 1], dtype=torch.float64), dim=-1)
+        with torch.no_grad():
+            logits = model(torch.tensor([ids])).logits[0, :-1].double()
+        expected = torch.log_softmax(logits, dim=-1)
+        picked = torch.tensor(ids[1:])[:, None]
+        assert (served.gather(1, picked) - expected.gather(1, picked)).abs().max() < 1e-3
+        continuation, theirs = list(ids), list(ids)
+        for _ in range(8):  # greedy, one token at a time, in both
+            llm.eval([continuation[-1]] if len(continuation) > len(ids) else [])
+            continuation.append(int(torch.tensor(llm.scores[len(continuation) - 1]).argmax()))
+            with torch.no_grad():
+                theirs.append(int(model(torch.tensor([theirs])).logits[0, -1].argmax()))
+        assert continuation == theirs

@@ -64,7 +64,7 @@ def decilm_config(config: dict) -> dict:
 
 def export_vllm(folder: Path, output: Path, *, overwrite: bool = False) -> Path:
     """Write the hubprune output `folder` in vLLM's DeciLM format to `output`."""
-    record = _hubprune_record(folder)
+    record = hubprune_record(folder)
     config = read_json_object(folder / "config.json", ExportError, "it is not a readable model folder")
     target = decilm_config(config)  # refused before anything is written
     check_writable(output)
@@ -85,7 +85,7 @@ def export_vllm(folder: Path, output: Path, *, overwrite: bool = False) -> Path:
     return output
 
 
-def _hubprune_record(folder: Path) -> dict:
+def hubprune_record(folder: Path) -> dict:
     if not (folder / "config.json").is_file():
         raise InvalidOptionError(f"{folder}: not a model folder (no config.json)")
     if not (folder / RECORD_FILENAME).is_file():

@@ -1,0 +1,168 @@
+"""llama.cpp's GGUF, architecture `deci` (llama.cpp's DeciLM graph): per-block FFN widths and head counts,
+a block without attention marked by zero heads. Written with the `gguf` package (llama.cpp's own
+converter reads only NVIDIA's `ffn_mult` form of DeciLM configs). See docs/format.md, "Serving exports".
+
+Two traps of llama.cpp's deci graph, handled here: a block that keeps attention but has no MLP would skip
+its attention's residual too (the graph `continue`s when the FFN width is 0), so such a block gets a
+one-neuron FFN whose down projection is zero (adds nothing; costs 3 x hidden parameters); and a first
+block without attention cannot load, so it is refused. The tokenizer is copied from a source GGUF (the
+embedded model's); building one from a Hugging Face tokenizer is not done yet and is refused.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from ..errors import ExportError
+from .vllm import LLAMA_SHAPED, OTHER_FORMATS
+
+DTYPES = ("float32", "float16", "bfloat16")
+_LLAMA_CPP_FAMILIES = tuple(f for f in LLAMA_SHAPED if f != "phi3")  # Phi-3's fused weights: not yet
+
+
+def gguf_layout(config: dict) -> dict:
+    """Per-block head counts and FFN widths for llama.cpp, checked (one-line refusals)."""
+    family = config["model_type"].removeprefix("hubprune_")
+    if family not in _LLAMA_CPP_FAMILIES:
+        raise ExportError(f"the gguf format is written for {', '.join(_LLAMA_CPP_FAMILIES)} outputs, not {family}; "
+                          f"{OTHER_FORMATS}")
+    rope = config.get("rope_parameters") or {}
+    if rope.get("rope_type", "default") != "default":
+        raise ExportError(f"rope scaling {rope.get('rope_type')!r} is not written to GGUF yet; {OTHER_FORMATS}")
+    heads = config["num_attention_heads"]
+    kv_heads = config.get("num_key_value_heads") or heads
+    blocks = config.get("block_configs") or [
+        {"attention": {"no_op": False, "num_key_value_heads": kv_heads},
+         "ffn": {"no_op": False, "intermediate_size": config["intermediate_size"]}}
+        for _ in range(config["num_hidden_layers"])]
+    for index, block in enumerate(blocks):
+        if "v_head_dim" in block["attention"] or "residual" in block:
+            raise ExportError(f"block {index} has value-pruned attention or a sliced residual stream, which "
+                              f"llama.cpp's deci architecture cannot express; {OTHER_FORMATS}")
+    if blocks[0]["attention"]["no_op"]:
+        raise ExportError(f"block 0 has no attention, which llama.cpp cannot load; {OTHER_FORMATS}")
+    types = config.get("layer_types") or []
+    window = config.get("sliding_window")
+    if "sliding_attention" in types and window and window < config.get("max_position_embeddings", 0):
+        raise ExportError(f"this model has sliding-window layers, which llama.cpp's deci architecture does not "
+                          f"implement; {OTHER_FORMATS}")
+    return {
+        "heads": [0 if b["attention"]["no_op"] else heads for b in blocks],
+        "kv_heads": [0 if b["attention"]["no_op"] else b["attention"]["num_key_value_heads"] for b in blocks],
+        # A block with attention and no MLP gets a one-neuron zero FFN (see the module docstring).
+        "ffn": [(1 if not b["attention"]["no_op"] else 0) if b["ffn"]["no_op"] else b["ffn"]["intermediate_size"]
+                for b in blocks],
+        "family": family,
+    }
+
+
+def _permute(weight, heads: int):
+    """Hugging Face's rotate-half q/k layout -> llama.cpp's interleaved pairs (its "normal" RoPE)."""
+    return (weight.reshape(heads, 2, weight.shape[0] // heads // 2, *weight.shape[1:])
+            .swapaxes(1, 2).reshape(weight.shape))
+
+
+def export_gguf(folder: Path, output: Path, *, dtype: str = "float32", tokenizer_gguf: Path | None = None) -> Path:
+    """Write the hubprune output `folder` as one GGUF file `output` (written aside, then renamed)."""
+    import os
+
+    import gguf
+    import torch
+    from safetensors import safe_open
+
+    config = json.loads((folder / "config.json").read_text())
+    layout = gguf_layout(config)
+    if tokenizer_gguf is None:
+        raise ExportError("the gguf export copies its tokenizer from a GGUF file (the embedded model's is used for "
+                          "its outputs); a Hugging Face tokenizer is not converted yet")
+    hidden, heads = config["hidden_size"], config["num_attention_heads"]
+    head_dim = config.get("head_dim") or hidden // heads
+    target_dtype = getattr(torch, dtype)
+    tmp = output.with_name(f".{output.name}.tmp-{os.getpid()}")
+    writer = gguf.GGUFWriter(tmp, gguf.MODEL_ARCH_NAMES[gguf.MODEL_ARCH.DECI])
+    try:
+        writer.add_name(folder.name)
+        writer.add_block_count(len(layout["ffn"]))
+        writer.add_context_length(config.get("max_position_embeddings", 2048))
+        writer.add_embedding_length(hidden)
+        writer.add_feed_forward_length(layout["ffn"])
+        writer.add_head_count(layout["heads"])
+        writer.add_head_count_kv(layout["kv_heads"])
+        writer.add_key_length(head_dim)
+        writer.add_value_length(head_dim)
+        writer.add_rope_dimension_count(head_dim)
+        writer.add_rope_freq_base(float((config.get("rope_parameters") or {}).get("rope_theta", 10000.0)))
+        writer.add_layer_norm_rms_eps(float(config["rms_norm_eps"]))
+        writer.add_vocab_size(config["vocab_size"])
+        writer.add_file_type({"float32": gguf.LlamaFileType.ALL_F32, "float16": gguf.LlamaFileType.MOSTLY_F16,
+                              "bfloat16": gguf.LlamaFileType.MOSTLY_BF16}[dtype])
+        _copy_tokenizer(writer, Path(tokenizer_gguf))
+        names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.DECI, len(layout["ffn"]))
+        for shard in sorted(folder.glob("*.safetensors")):
+            with safe_open(shard, framework="pt") as reader:
+                for name in reader.keys():
+                    tensor = reader.get_tensor(name).float()
+                    if name.endswith(("q_proj.weight", "q_proj.bias")):
+                        tensor = _permute(tensor, heads)
+                    elif name.endswith(("k_proj.weight", "k_proj.bias")):
+                        layer = int(name.split(".")[2])
+                        tensor = _permute(tensor, layout["kv_heads"][layer])
+                    _add(writer, names, name, tensor, target_dtype)
+        _add_zero_ffns(writer, names, config, layout, target_dtype)
+        writer.write_header_to_file()
+        writer.write_kv_data_to_file()
+        writer.write_tensors_to_file()
+        writer.close()
+        os.replace(tmp, output)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return output
+
+
+def _add(writer, names, name: str, tensor, dtype) -> None:
+    """One tensor under its llama.cpp name; vectors (norms, biases) stay fp32, as llama.cpp expects."""
+    import numpy as np
+    import torch
+
+    gguf_name = names.get_name(name, try_suffixes=(".weight", ".bias"))
+    if gguf_name is None:
+        raise ExportError(f"no llama.cpp name for tensor {name}")
+    if tensor.ndim == 1 or dtype == torch.float32:
+        writer.add_tensor(gguf_name, tensor.numpy().astype(np.float32))
+    elif dtype == torch.float16:
+        writer.add_tensor(gguf_name, tensor.to(torch.float16).numpy())
+    else:  # bfloat16: numpy has no such type; the raw 16-bit words, tagged BF16
+        import gguf
+
+        raw = tensor.to(torch.bfloat16).view(torch.int16).numpy()
+        writer.add_tensor(gguf_name, raw, raw_dtype=gguf.GGMLQuantizationType.BF16)
+
+
+def _add_zero_ffns(writer, names, config: dict, layout: dict, dtype) -> None:
+    """The one-neuron, zero-output FFN of every block that keeps attention but lost its MLP."""
+    import torch
+
+    hidden = config["hidden_size"]
+    blocks = config.get("block_configs") or []
+    for index, block in enumerate(blocks):
+        if block["ffn"]["no_op"] and layout["ffn"][index] == 1:
+            prefix = f"model.layers.{index}."
+            _add(writer, names, prefix + "post_attention_layernorm.weight", torch.ones(hidden), dtype)
+            _add(writer, names, prefix + "mlp.gate_proj.weight", torch.zeros(1, hidden), dtype)
+            _add(writer, names, prefix + "mlp.up_proj.weight", torch.zeros(1, hidden), dtype)
+            _add(writer, names, prefix + "mlp.down_proj.weight", torch.zeros(hidden, 1), dtype)
+
+
+def _copy_tokenizer(writer, source: Path) -> None:
+    """Every `tokenizer.*` key of the source GGUF, with its type."""
+    import gguf
+
+    reader = gguf.GGUFReader(source)
+    for key, field in reader.fields.items():
+        if not key.startswith("tokenizer."):
+            continue
+        kind = field.types[0]
+        if kind == gguf.GGUFValueType.ARRAY:
+            writer.add_key_value(key, field.contents(), kind, sub_type=field.types[-1])
+        else:
+            writer.add_key_value(key, field.contents(), kind)
