@@ -196,7 +196,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "vllm: a folder in vLLM's DeciLM ('nemotron-nas') format, served by `vllm serve "
                                    "OUT --trust-remote-code` with no hubprune code (Llama, Mistral, Qwen2, Phi-3). "
                                    "gguf: one llama.cpp file, architecture deci (`llama-server -m OUT.gguf`; Llama, "
-                                   "Mistral, Qwen2 outputs of the embedded model, whose tokenizer it copies). Not: "
+                                   "Mistral and Qwen2 blocks; today outputs of the embedded model, whose GGUF "
+                                   "tokenizer it copies). Not: "
                                    "value-pruned attention, sliced residuals, or a first block without attention.")
     x.add_argument("folder", metavar="DIR", help="a hubprune output folder")
     x.add_argument("--format", required=True, choices=["vllm", "gguf"], help="the target format")
