@@ -294,7 +294,7 @@ def _job_fields(args: argparse.Namespace) -> dict:
     from .evaluation.settings import EvalSettings
     from .job import PruneJob
 
-    fields = {k: v for k, v in schema.from_args(PruneJob, args).items()}
+    fields = schema.from_args(PruneJob, args)
     fields["options"] = {name: getattr(args, name) for name in _method_options() if getattr(args, name) is not None}
     fields["evaluation"] = {k: v for k, v in schema.from_args(EvalSettings, args).items() if k not in fields}
     return fields

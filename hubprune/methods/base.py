@@ -8,6 +8,7 @@ the method does not take is an error and a new option is written in one place.
 from __future__ import annotations
 
 import dataclasses
+import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, ClassVar
@@ -176,8 +177,6 @@ def window_bytes(config, windows: int, seq_len: int, itemsize: int) -> int:
 def blocks_to_remove(sparsity: float, num_layers: int) -> int:
     """k = ceil(s·N), as the 2SSP reference (so the real rate is k/N); rounding guards against
     0.3*10 = 3.0000000000000004."""
-    import math
-
     return math.ceil(round(sparsity * num_layers, 9))
 
 

@@ -10,11 +10,13 @@ embedded model's); building one from a Hugging Face tokenizer is not done yet an
 """
 from __future__ import annotations
 
-import json
+import os
 from pathlib import Path
 
 from ..errors import ExportError
-from .vllm import LLAMA_SHAPED, OTHER_FORMATS
+from ..outputs import read_json_object
+from .blocks import OTHER_FORMATS, block_configs, check_expressible
+from .vllm import LLAMA_SHAPED
 
 DTYPES = ("float32", "float16", "bfloat16")
 MARKER_KEY = "hubprune.source"  # written into every export: only such a file is ever replaced
@@ -31,17 +33,8 @@ def gguf_layout(config: dict) -> dict:
     if rope.get("rope_type", "default") != "default":
         raise ExportError(f"rope scaling {rope.get('rope_type')!r} is not written to GGUF yet; {OTHER_FORMATS}")
     heads = config["num_attention_heads"]
-    kv_heads = config.get("num_key_value_heads") or heads
-    blocks = config.get("block_configs") or [
-        {"attention": {"no_op": False, "num_key_value_heads": kv_heads},
-         "ffn": {"no_op": False, "intermediate_size": config["intermediate_size"]}}
-        for _ in range(config["num_hidden_layers"])]
-    for index, block in enumerate(blocks):
-        if "v_head_dim" in block["attention"] or "residual" in block:
-            raise ExportError(f"block {index} has value-pruned attention or a sliced residual stream, which "
-                              f"llama.cpp's deci architecture cannot express; {OTHER_FORMATS}")
-    if blocks[0]["attention"]["no_op"]:
-        raise ExportError(f"block 0 has no attention, which llama.cpp cannot load; {OTHER_FORMATS}")
+    blocks = block_configs(config)
+    check_expressible(blocks, "llama.cpp's deci architecture")
     types = config.get("layer_types") or []
     window = config.get("sliding_window")
     if "sliding_attention" in types and window and window < config.get("max_position_embeddings", 0):
@@ -75,13 +68,11 @@ def _permute(weight, heads: int):
 
 def export_gguf(folder: Path, output: Path, *, dtype: str = "float32", tokenizer_gguf: Path | None = None) -> Path:
     """Write the hubprune output `folder` as one GGUF file `output` (written aside, then renamed)."""
-    import os
-
     import gguf
     import torch
     from safetensors import safe_open
 
-    config = json.loads((folder / "config.json").read_text())
+    config = read_json_object(folder / "config.json", ExportError, "it is not a readable model folder")
     layout = gguf_layout(config)
     if tokenizer_gguf is None:
         raise ExportError("the gguf export copies its tokenizer from a GGUF file (the embedded model's is used for "
@@ -155,8 +146,7 @@ def _add_zero_ffns(writer, names, config: dict, layout: dict, dtype) -> None:
     import torch
 
     hidden = config["hidden_size"]
-    blocks = config.get("block_configs") or []
-    for index, block in enumerate(blocks):
+    for index, block in enumerate(block_configs(config)):
         if block["ffn"]["no_op"] and layout["ffn"][index] == 1:
             prefix = f"model.layers.{index}."
             _add(writer, names, prefix + "post_attention_layernorm.weight", torch.ones(hidden), dtype)

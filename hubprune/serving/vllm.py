@@ -15,13 +15,13 @@ from pathlib import Path
 
 from ..errors import ExportError, InvalidOptionError
 from ..outputs import RECORD_FILENAME, OutputLock, atomic_folder, check_writable, read_json_object, recover
+from .blocks import OTHER_FORMATS, block_configs, check_expressible
 
 CONFIG_CLASS_FILE = Path(__file__).with_name("configuration_decilm.py")
 LLAMA_SHAPED = ("llama", "mistral", "qwen2", "phi3")  # families whose blocks DeciLM's Llama blocks express
 # Keys of the pruned config that describe hubprune's own format, not the model.
 _DROPPED = ("architectures", "model_type", "auto_map", "block_configs", "layer_types", "transformers_version")
 _NOT_COPIED = ("config.json", "README.md", RECORD_FILENAME)
-OTHER_FORMATS = "it serves from the hubprune output itself (transformers, remote code)"
 
 
 def decilm_config(config: dict) -> dict:
@@ -31,21 +31,8 @@ def decilm_config(config: dict) -> dict:
         raise ExportError(f"the vllm format carries Llama-shaped blocks ({', '.join(LLAMA_SHAPED)}), not {family}; "
                           f"{OTHER_FORMATS}")
     heads = config["num_attention_heads"]
-    kv_heads = config.get("num_key_value_heads") or heads
-    width = config["intermediate_size"]
-    blocks = config.get("block_configs") or [
-        {"attention": {"no_op": False, "num_key_value_heads": kv_heads}, "ffn": {"no_op": False, "intermediate_size": width}}
-        for _ in range(config["num_hidden_layers"])]
-    for index, block in enumerate(blocks):
-        if "v_head_dim" in block["attention"]:
-            raise ExportError(f"block {index} has value-pruned attention (FASP), which vLLM's DeciLM format cannot "
-                              f"express (one head size for values and keys); {OTHER_FORMATS}")
-        if "residual" in block:
-            raise ExportError(f"this model's residual stream is sliced (SliceGPT), which vLLM's DeciLM format cannot "
-                              f"express; {OTHER_FORMATS}")
-    if blocks[0]["attention"]["no_op"]:
-        raise ExportError("block 0 has no attention, which vLLM's DeciLM model cannot start from (its first layer "
-                          f"takes the residual from the attention norm); {OTHER_FORMATS}")
+    blocks = block_configs(config)
+    check_expressible(blocks, "vLLM's DeciLM model")
     source_types = config.get("layer_types") or ["full_attention"] * len(blocks)
     out = {k: v for k, v in config.items() if k not in _DROPPED}
     out.update(model_type="nemotron-nas", architectures=["DeciLMForCausalLM"],
@@ -74,7 +61,7 @@ def export_vllm(folder: Path, output: Path, *, overwrite: bool = False) -> Path:
             (tmp / "config.json").write_text(json.dumps(target, indent=2) + "\n")
             shutil.copy(CONFIG_CLASS_FILE, tmp / CONFIG_CLASS_FILE.name)
             if config["model_type"].removeprefix("hubprune_") == "phi3":
-                _split_phi3_weights(folder, tmp)
+                _split_phi3_weights(folder, tmp, config)
             for path in folder.iterdir():
                 if path.is_file() and path.suffix != ".py" and path.name not in _NOT_COPIED and not (
                         tmp / path.name).exists():
@@ -93,15 +80,14 @@ def hubprune_record(folder: Path) -> dict:
     return read_json_object(folder / RECORD_FILENAME, ExportError, "hubprune wrote it: prune again")
 
 
-def _split_phi3_weights(folder: Path, target: Path) -> None:
+def _split_phi3_weights(folder: Path, target: Path, config: dict) -> None:
     """Phi-3 fuses q/k/v into `qkv_proj` and gate/up into `gate_up_proj`; DeciLM reads them apart. One
     shard at a time, so memory holds one shard."""
     from safetensors import safe_open
     from safetensors.torch import save_file
 
-    config = json.loads((folder / "config.json").read_text())
-    heads, head_dim = config["num_attention_heads"], config.get("head_dim") or config["hidden_size"] // config[
-        "num_attention_heads"]
+    heads = config["num_attention_heads"]
+    head_dim = config.get("head_dim") or config["hidden_size"] // heads
     index_file = folder / "model.safetensors.index.json"
     shards = sorted(folder.glob("*.safetensors"))
     weight_map = {}
