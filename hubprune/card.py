@@ -140,8 +140,10 @@ def eval_results(results: dict | None) -> list:
     return out
 
 
-def render_card(folder: str | Path, *, repo_id: str | None = None, template: str | Path | None = None):
-    """The model card (huggingface_hub `ModelCard`) of a hubprune output folder."""
+def render_card(folder: str | Path, *, repo_id: str | None = None, template: str | Path | None = None,
+                revision: str | None = None):
+    """The model card (huggingface_hub `ModelCard`) of a hubprune output folder, published to `repo_id`
+    on branch `revision` [main]."""
     from huggingface_hub import ModelCard, ModelCardData
 
     from .evaluation.report import format_value, result_rows, speed_summary
@@ -177,6 +179,7 @@ def render_card(folder: str | Path, *, repo_id: str | None = None, template: str
         recipe=yaml.safe_dump({"jobs": [recipe(job, repo_id)]}, sort_keys=False).strip(),
         transformers_range=TRANSFORMERS_RANGE, hubprune_version=__version__,
         remote_code=(folder / "modeling_hubprune.py").is_file(),
+        serving=_serving(folder, repo_id or folder.name, revision),
     )
     try:
         return ModelCard.from_template(card_data, template_path=str(template), **context)
@@ -184,9 +187,31 @@ def render_card(folder: str | Path, *, repo_id: str | None = None, template: str
         raise HubPruneError(f"cannot render the model card from {template}: {type(exc).__name__}: {exc}") from None
 
 
-def write_card(folder: str | Path, *, repo_id: str | None = None, template: str | Path | None = None) -> Path:
+def _serving(folder: Path, repo_id: str, revision: str | None) -> list[dict]:
+    """For each serving export in the folder: where it is, the commands that serve it, where it was tested."""
+    from .serving import TESTED_IN, export_branch, exports_in
+
+    found, out = exports_in(folder), []
+    if "vllm" in found:
+        branch = export_branch(revision)
+        out.append({"format": "vLLM (native DeciLM model, no hubprune code)", "where": f"branch `{branch}`",
+                    "commands": [f"vllm serve {repo_id} --revision {branch} --trust-remote-code"
+                                 "  # the remote code: a config class"],
+                    "tested": TESTED_IN["vllm"]})
+    for name in found.get("gguf", []):
+        stem = Path(name).stem
+        out.append({"format": "GGUF (llama.cpp, architecture deci)", "where": f"`{name}`",
+                    "commands": [f"llama-server --hf-repo {repo_id} --hf-file {name}",
+                                 f"hf download {repo_id} {name} --local-dir .  # then, for Ollama (untested here):",
+                                 f'echo "FROM ./{name}" > Modelfile && ollama create {stem.lower()} -f Modelfile'],
+                    "tested": TESTED_IN["gguf"]})
+    return out
+
+
+def write_card(folder: str | Path, *, repo_id: str | None = None, template: str | Path | None = None,
+               revision: str | None = None) -> Path:
     """Render the card into `folder`/README.md (atomically)."""
-    card = render_card(folder, repo_id=repo_id, template=template)
+    card = render_card(folder, repo_id=repo_id, template=template, revision=revision)
     target = Path(folder) / CARD_FILENAME
     tmp = target.with_name(f".{target.name}.tmp")
     tmp.write_text(str(card))

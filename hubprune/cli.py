@@ -10,6 +10,7 @@ import textwrap
 from . import __version__, schema
 from .errors import HubPruneError, InvalidOptionError
 from .push import RECIPE_EXAMPLE
+from .serving import FORMATS, VLLM_FOLDER
 
 DESCRIPTION = """\
 hubprune turns a Hugging Face causal LM into a smaller, structurally pruned model that loads with
@@ -113,12 +114,12 @@ def _defaults_text(owners: list) -> str | None:
 
 def _prune_options(p: argparse.ArgumentParser, groups: dict) -> None:
     """The method, its options (generated from every method's `Options`) and evaluation (prune, push)."""
-    from .job import METHOD, PruneJob
+    from .job import METHOD, SERVING, PruneJob
 
     groups[METHOD] = p.add_argument_group(METHOD)
     groups["calibration"] = p.add_argument_group("calibration (calibrating methods)")
     schema.add_arguments(p, PruneJob, skip=tuple(f.name for f in schema.fields(PruneJob)
-                                                 if f.metadata["group"] not in (METHOD, None)), groups=groups)
+                                                 if f.metadata["group"] not in (METHOD, SERVING, None)), groups=groups)
     for name, owners in _method_options().items():
         _, options_class, f = owners[0]
         title = f.metadata["group"] or owners[0][0]
@@ -200,10 +201,9 @@ def build_parser() -> argparse.ArgumentParser:
                                    "tokenizer it copies). Not: "
                                    "value-pruned attention, sliced residuals, or a first block without attention.")
     x.add_argument("folder", metavar="DIR", help="a hubprune output folder")
-    x.add_argument("--format", required=True, choices=["vllm", "gguf"], help="the target format")
+    x.add_argument("--format", required=True, choices=FORMATS, help="the target format")
     x.add_argument("--output", "-o", required=True, help="the exported folder (vllm) or file (gguf: *.gguf)")
-    x.add_argument("--gguf-dtype", default="float32", choices=["float32", "float16", "bfloat16"],
-                   help="weights dtype in the GGUF file; norms stay float32 [float32]")
+    schema.add_argument(x, PruneJob, next(f for f in schema.fields(PruneJob) if f.name == "gguf_dtype"))
     x.add_argument("--overwrite", action="store_true", help="replace an existing hubprune output")
 
     m = sub.add_parser("methods", help="list pruning methods; with NAME, its options and paper",
@@ -365,14 +365,14 @@ def _push(args: argparse.Namespace) -> None:
         results = [push(args.model, args.method, repo_id=args.repo_id, token=args.token, dry_run=args.dry_run,
                         overwrite=args.overwrite, announce=_announce, output=args.output, **publishing, **fields)]
     for result in results:
-        p = result.published
-        if p.dry_run:
-            print(f"dry run: would upload {len(p.files)} files from {result.folder} to {p.url} (branch {p.revision}):")
-            print("\n".join(f"  {f}" for f in p.files))
-        elif p.changed:
-            print(f"published {result.folder} to {p.url} (branch {p.revision}, commit {p.commit})")
-        else:
-            print(f"{p.url} (branch {p.revision}) already holds this result: no new commit")
+        for p, folder in [(result.published, result.folder), *((e, result.folder / VLLM_FOLDER) for e in result.exports)]:
+            if p.dry_run:
+                print(f"dry run: would upload {len(p.files)} files from {folder} to {p.url} (branch {p.revision}):")
+                print("\n".join(f"  {f}" for f in p.files))
+            elif p.changed:
+                print(f"published {folder} to {p.url} (branch {p.revision}, commit {p.commit})")
+            else:
+                print(f"{p.url} (branch {p.revision}) already holds this result: no new commit")
 
 
 MEMORY_ADVICE = ("use --offload (one block at a time), --dtype bfloat16, smaller batches (--stage2-batch, "

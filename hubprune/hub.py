@@ -72,11 +72,12 @@ def resolve_token(token: str | None) -> str:
     return token
 
 
-def files_to_publish(folder: Path) -> list[str]:
+def files_to_publish(folder: Path, ignore: list[str] | None = None) -> list[str]:
     from fnmatch import fnmatch
 
+    patterns = IGNORE_PATTERNS + (ignore or [])
     files = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
-    return [f for f in files if not any(fnmatch(f, pattern) for pattern in IGNORE_PATTERNS)]
+    return [f for f in files if not any(fnmatch(f, pattern) for pattern in patterns)]
 
 
 def whoami(api) -> str:
@@ -105,13 +106,15 @@ def hub_api(token: str | None, endpoint: str | None):
 
 def publish_folder(folder: str | Path, repo_id: str, *, token: str | None = None, private: bool = False,
                    revision: str | None = None, commit_message: str | None = None, endpoint: str | None = None,
-                   dry_run: bool = False) -> PublishResult:
-    """Upload `folder` to `repo_id` (created if missing) on branch `revision` (created if missing)."""
+                   dry_run: bool = False, ignore: list[str] | None = None, replace: bool = False) -> PublishResult:
+    """Upload `folder` to `repo_id` (created if missing) on branch `revision` (created if missing).
+    `ignore`: more patterns not to upload; `replace`: the branch holds exactly the folder afterwards
+    (files it does not have are deleted in the same commit; for a branch hubprune alone writes)."""
     from huggingface_hub import errors as hub_errors
 
     folder = Path(folder)
     check_repo_id(repo_id)
-    files = files_to_publish(folder)
+    files = files_to_publish(folder, ignore)
     branch = revision or "main"
     api = hub_api(None if dry_run else resolve_token(token), endpoint)
     url = f"{api.endpoint}/{repo_id}"
@@ -123,7 +126,8 @@ def publish_folder(folder: str | Path, repo_id: str, *, token: str | None = None
         if branch != "main":
             api.create_branch(repo_id, branch=branch, exist_ok=True)
         before = api.model_info(repo_id, revision=branch).sha
-        api.upload_folder(folder_path=folder, repo_id=repo_id, revision=branch, ignore_patterns=IGNORE_PATTERNS,
+        api.upload_folder(folder_path=folder, repo_id=repo_id, revision=branch, ignore_patterns=IGNORE_PATTERNS + (ignore or []),
+                          delete_patterns=["*"] if replace else None,
                           commit_message=commit_message or f"Upload {folder.name} with hubprune")
         after = api.model_info(repo_id, revision=branch).sha
     except hub_errors.HfHubHTTPError as exc:

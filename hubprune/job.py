@@ -15,8 +15,9 @@ from .errors import InvalidOptionError
 from .evaluation.settings import EvalSettings
 from .methods import get_method
 from .references import check_model_reference
+from .serving import GGUF_DTYPES, check_formats, check_job
 
-MODEL, METHOD, PUBLISHING = "model and device", "method", "publishing"
+MODEL, METHOD, PUBLISHING, SERVING = "model and device", "method", "publishing", "serving exports"
 
 
 def _like(cls: type, name: str) -> dataclasses.Field:
@@ -62,6 +63,13 @@ class PruneJob:
              "command resumes after an interruption; deleted on success")
     evaluation: dict = schema.setting(default_factory=dict, cli=False,
                                       help="evaluation settings beyond ppl / seq_len / max_windows (EvalSettings)")
+    export: list[str] = schema.setting(
+        default_factory=list, convert=check_formats, metavar="FORMATS", group=SERVING,
+        help="also write the result in serving engines' own formats, comma-separated: vllm (OUTPUT/vllm/, vLLM's "
+             "DeciLM format; push: the repo's `vllm` branch) and gguf (OUTPUT/NAME-F32.gguf for llama.cpp; push: beside "
+             "the weights). A method whose result no format carries is refused before pruning (docs/format.md)")
+    gguf_dtype: str = schema.setting("float32", choices=tuple(GGUF_DTYPES), group=SERVING,
+                                     help="weights dtype of the gguf export; norms stay float32")
     trust_remote_code: bool = schema.setting(
         False, group=MODEL,
         help="let a model that ships its own Python code (auto_map) run it; read that code first. Never needed for "
@@ -93,7 +101,8 @@ class PruneJob:
             raise InvalidOptionError(f"--method {self.method} needs --sparsity (a fraction between 0 and 1)")
         if not method.takes_sparsity and self.sparsity is not None:
             raise InvalidOptionError(f"--method {self.method} takes no --sparsity: {method.summary}")
-        method.configure(self.options)
+        options = method.configure(self.options)
+        check_job(self.export, self.method, method.plan_keys(options))
         self.eval_settings()
 
 

@@ -4,17 +4,19 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 
-from .card import validate_card, write_card
+from .card import CARD_FILENAME, validate_card, write_card
 from . import schema
 from .errors import HubPruneError, InvalidOptionError, OutputExistsError
 from .hub import PublishResult, check_repo_id, check_transfer_protocol, hub_api, publish_folder, resolve_token, whoami
 from .privacy import public
+from .serving import VLLM_FOLDER, export_branch
 
 log = logging.getLogger("hubprune")
 
@@ -24,6 +26,7 @@ class PushResult:
     folder: Path
     published: PublishResult
     pruned: bool  # False when an existing output (or --from-dir) was published as it is
+    exports: list[PublishResult] = field(default_factory=list)  # serving exports published to their own branch
 
 
 def default_evaluation(model: str) -> dict:
@@ -81,14 +84,22 @@ def push(model: str | None = None, method: str | None = None, *, repo_id: str, t
 
             run_job(job, token=token)
             pruned = True
-    write_card(folder, repo_id=repo_id, template=publishing.template)
+    write_card(folder, repo_id=repo_id, template=publishing.template, revision=publishing.revision)
     if not dry_run:
         validate_card(folder, publishing.endpoint)
     if announce is not None:
         announce(folder)
+    vllm = folder / VLLM_FOLDER
     published = publish_folder(folder, repo_id, token=token, private=publishing.private, revision=publishing.revision,
-                               commit_message=publishing.commit_message, endpoint=publishing.endpoint, dry_run=dry_run)
-    return PushResult(folder, published, pruned)
+                               commit_message=publishing.commit_message, endpoint=publishing.endpoint, dry_run=dry_run,
+                               ignore=[f"{VLLM_FOLDER}/*"])
+    exports = []
+    if (vllm / "config.json").is_file():  # its own branch, with the same card
+        shutil.copy(folder / CARD_FILENAME, vllm / CARD_FILENAME)
+        exports.append(publish_folder(vllm, repo_id, token=token, revision=export_branch(publishing.revision),
+                                      commit_message=publishing.commit_message, endpoint=publishing.endpoint,
+                                      dry_run=dry_run, replace=True))
+    return PushResult(folder, published, pruned, exports)
 
 
 def _same_job(folder: Path, job) -> bool:

@@ -269,3 +269,34 @@ def test_the_results_table_for_job_summaries(pushed):
     out = subprocess.run([sys.executable, "-m", "hubprune.evaluation.report", str(pushed.folder / "results.json"),
                           "--markdown"], capture_output=True, text=True, check=True).stdout
     assert out.startswith("| | metric | dense | pruned |") and "perplexity: default" in out
+
+
+def test_serving_exports_go_beside_the_weights_and_to_their_own_branch(hub, tmp_path):
+    """`push --export vllm,gguf`: the GGUF file on the pushed branch with the weights (where llama.cpp's
+    and Ollama's Hub downloads look), the vllm folder alone on the `vllm` branch, and the card says how
+    to serve each; a second push changes neither branch."""
+    from huggingface_hub import hf_hub_download
+
+    from hubprune.plan import PrunePlan
+
+    plan = tmp_path / "plan.json"
+    PrunePlan(skip_attention=[0, 3], skip_mlp=[5]).save(plan)
+    repo, out = "alice/smollm2-served", tmp_path / "served"
+    run = dict(repo_id=repo, output=out, token=ALICE, endpoint=hub.url, options={"plan": str(plan)}, no_eval=True,
+               device="cpu", export=["vllm", "gguf"], gguf_dtype="float16")
+    result = push("default", "manual", **run)
+    api = HfApi(endpoint=hub.url, token=ALICE)
+    main_files = set(api.list_repo_files(repo)) - {".gitattributes"}
+    assert "served-F16.gguf" in main_files and not any(f.startswith("vllm") for f in main_files)
+    vllm_files = set(api.list_repo_files(repo, revision="vllm")) - {".gitattributes"}
+    assert vllm_files == {p.name for p in (out / "vllm").iterdir()}  # nothing of main's left on it
+    assert "modeling_hubprune.py" not in vllm_files and "README.md" in vllm_files
+    config = json.loads(Path(hf_hub_download(repo, "config.json", revision="vllm", endpoint=hub.url, token=ALICE,
+                                             cache_dir=tmp_path / "cache")).read_text())
+    assert config["model_type"] == "nemotron-nas"
+    assert [e.revision for e in result.exports] == ["vllm"] and result.exports[0].changed
+    card = (out / "README.md").read_text()
+    assert f"vllm serve {repo} --revision vllm --trust-remote-code" in card
+    assert f"llama-server --hf-repo {repo} --hf-file served-F16.gguf" in card
+    again = push("default", "manual", **run)
+    assert not again.pruned and not again.published.changed and not again.exports[0].changed

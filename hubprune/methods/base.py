@@ -138,6 +138,9 @@ class PruningMethod(ABC):
     takes_sparsity: ClassVar[bool] = True
     sparsity_means: ClassVar[str] = "of the decoder-layer parameters"  # what --sparsity is a fraction of
     Options: ClassVar[type[Options]] = Options  # this method's options (a dataclass of `schema.setting`s)
+    # The plan keys (plan.PLAN_KEYS) its selections may use; checked against --export before pruning.
+    # None: not declared, so an export is checked only once the plan exists.
+    produces: ClassVar[frozenset[str] | None] = None
 
     def configure(self, given: dict) -> Options:
         """This method's options from a job's `options` (unset ones, None, take the defaults); an option
@@ -154,6 +157,10 @@ class PruningMethod(ABC):
         if hasattr(options, "calib_data") and hasattr(options, "calib_samples"):
             return Calibration(options.calib_data, options.calib_samples)
         return None
+
+    def plan_keys(self, options: Options) -> frozenset[str] | None:
+        """The plan keys this run's selection may use (`produces`, unless the options decide)."""
+        return self.produces
 
     def check_model(self, model, sparsity: float | None, options: Options) -> None:
         """Refuse what this model's shape makes impossible; `model` is weightless (meta device)."""

@@ -32,6 +32,7 @@ class BlockPrunerOptions(CalibrationOptions):
 @register
 class BlockPruner(BlockBudgetMethod):
     name = "blockpruner"
+    produces = frozenset({"skip_attention", "skip_mlp", "drop_blocks"})  # both skipped: a dropped block
     summary = "greedy by perplexity: each round removes the best attention, then the best MLP sub-module"
     paper = Paper("BlockPruner: Fine-grained Pruning for Large Language Models", "2406.10594", "Zhong, Longguang")
     Options = BlockPrunerOptions

@@ -120,6 +120,7 @@ class EvoPressOptions(Options):
 @register
 class EvoPress(BlockBudgetMethod):
     name = "evopress"
+    produces = frozenset({"skip_attention", "skip_mlp", "drop_blocks"})  # both skipped: a dropped block
     summary = "evolutionary search over k attention + k MLP removals, fitness = KL to the dense model"
     paper = Paper("EvoPress: Towards Optimal Dynamic Model Compression via Evolutionary Search", "2410.14649",
                   "Sieberling, Oliver")

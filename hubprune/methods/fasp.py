@@ -122,6 +122,7 @@ class FASPOptions(Options):
 @register
 class FASP(PruningMethod):
     name = "fasp"
+    produces = frozenset({"keep_ffn_neurons", "keep_value_channels"})
     summary = "interlinked column/row pruning of value and FFN channels with least-squares restoration"
     paper = Paper("FASP: Fast and Accurate Structured Pruning of Large Language Models", "2501.09412", "Hu, Hanyu")
     Options = FASPOptions

@@ -31,5 +31,9 @@ class ManualMethod(PruningMethod):
     takes_sparsity = False
     Options = ManualOptions
 
+    def plan_keys(self, options: ManualOptions) -> frozenset[str]:
+        plan = PrunePlan.load(options.plan).to_dict()
+        return frozenset(key for key, value in plan.items() if value)
+
     def select(self, context: PruneContext) -> Selection:
         return Selection(PrunePlan.load(context.options.plan))

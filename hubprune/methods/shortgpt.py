@@ -22,6 +22,7 @@ class ShortGPTOptions(CalibrationOptions):
 @register
 class ShortGPT(BlockBudgetMethod):
     name = "shortgpt"
+    produces = frozenset({"drop_blocks"})
     summary = "remove the k whole blocks whose output changes their input least (block influence)"
     paper = Paper("ShortGPT: Layers in Large Language Models are More Redundant Than You Expect", "2403.03853",
                   "Men, Xin")

@@ -76,6 +76,7 @@ class SliceGPTOptions(CalibrationOptions):
 @register
 class SliceGPT(PruningMethod):
     name = "slicegpt"
+    produces = frozenset({"residual_width"})
     summary = "rotate the residual stream to its principal components and slice its width (sparsity = slicing fraction)"
     sparsity_means = "of the hidden width (SliceGPT's slicing fraction)"
     paper = Paper("SliceGPT: Compress Large Language Models by Deleting Rows and Columns", "2401.15024",

@@ -117,6 +117,7 @@ def balance(*, sparsity: float, num_layers: int, ffn_width: int, attention_param
 @register
 class TwoStageMethod(PruningMethod):
     name = "2ssp"
+    produces = frozenset({"keep_ffn_neurons", "skip_attention"})
     summary = "two-stage: uniform FFN-neuron width pruning, then greedy removal of attention sub-modules"
     paper = Paper("2SSP: A Two-Stage Framework for Structured Pruning of LLMs", "2501.17771", "Sandri, Fabrizio",
                   "TMLR 2025")

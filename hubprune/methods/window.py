@@ -13,6 +13,7 @@ from .registry import register
 @register
 class WindowMethod(BlockBudgetMethod):
     name = "window"
+    produces = frozenset({"drop_blocks"})
     summary = "remove the k consecutive blocks whose input and output are most similar (Gromov et al.)"
     paper = Paper("The Unreasonable Ineffectiveness of the Deeper Layers", "2403.17887", "Gromov, Andrey")
 

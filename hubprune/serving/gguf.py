@@ -5,8 +5,9 @@ converter reads only NVIDIA's `ffn_mult` form of DeciLM configs). See docs/forma
 Two traps of llama.cpp's deci graph, handled here: a block that keeps attention but has no MLP would skip
 its attention's residual too (the graph `continue`s when the FFN width is 0), so such a block gets a
 one-neuron FFN whose down projection is zero (adds nothing; costs 3 x hidden parameters); and a first
-block without attention cannot load, so it is refused. The tokenizer is copied from a source GGUF (the
-embedded model's); building one from a Hugging Face tokenizer is not done yet and is refused.
+block without attention cannot load, so it gets a zero attention (`blocks.servable_blocks`). The tokenizer is copied from a source GGUF (the
+embedded model's); building one from a Hugging Face tokenizer is not done yet and is refused
+(`serving._write_gguf`).
 """
 from __future__ import annotations
 
@@ -14,11 +15,9 @@ import os
 from pathlib import Path
 
 from ..errors import ExportError
-from ..outputs import read_json_object
-from .blocks import OTHER_FORMATS, block_configs, check_expressible
+from .blocks import OTHER_FORMATS, read_config, servable_blocks, zero_attention
 from .vllm import LLAMA_SHAPED
 
-DTYPES = ("float32", "float16", "bfloat16")
 MARKER_KEY = "hubprune.source"  # written into every export: only such a file is ever replaced
 _LLAMA_CPP_FAMILIES = tuple(f for f in LLAMA_SHAPED if f != "phi3")  # Phi-3's fused weights: not yet
 
@@ -33,8 +32,7 @@ def gguf_layout(config: dict) -> dict:
     if rope.get("rope_type", "default") != "default":
         raise ExportError(f"rope scaling {rope.get('rope_type')!r} is not written to GGUF yet; {OTHER_FORMATS}")
     heads = config["num_attention_heads"]
-    blocks = block_configs(config)
-    check_expressible(blocks, "llama.cpp's deci architecture")
+    blocks = servable_blocks(config, "llama.cpp's deci architecture")
     types = config.get("layer_types") or []
     window = config.get("sliding_window")
     if "sliding_attention" in types and window and window < config.get("max_position_embeddings", 0):
@@ -47,6 +45,7 @@ def gguf_layout(config: dict) -> dict:
         "ffn": [(1 if not b["attention"]["no_op"] else 0) if b["ffn"]["no_op"] else b["ffn"]["intermediate_size"]
                 for b in blocks],
         "family": family,
+        "blocks": blocks,
     }
 
 
@@ -66,17 +65,14 @@ def _permute(weight, heads: int):
             .swapaxes(1, 2).reshape(weight.shape))
 
 
-def export_gguf(folder: Path, output: Path, *, dtype: str = "float32", tokenizer_gguf: Path | None = None) -> Path:
+def export_gguf(folder: Path, output: Path, *, dtype: str, tokenizer_gguf: Path) -> Path:
     """Write the hubprune output `folder` as one GGUF file `output` (written aside, then renamed)."""
     import gguf
     import torch
     from safetensors import safe_open
 
-    config = read_json_object(folder / "config.json", ExportError, "it is not a readable model folder")
+    config = read_config(folder)
     layout = gguf_layout(config)
-    if tokenizer_gguf is None:
-        raise ExportError("the gguf export copies its tokenizer from a GGUF file (the embedded model's is used for "
-                          "its outputs); a Hugging Face tokenizer is not converted yet")
     hidden, heads = config["hidden_size"], config["num_attention_heads"]
     head_dim = config.get("head_dim") or hidden // heads
     target_dtype = getattr(torch, dtype)
@@ -111,6 +107,8 @@ def export_gguf(folder: Path, output: Path, *, dtype: str = "float32", tokenizer
                         layer = int(name.split(".")[2])
                         tensor = _permute(tensor, layout["kv_heads"][layer])
                     _add(writer, names, name, tensor, target_dtype)
+        for name, tensor in zero_attention(config, layout["blocks"]).items():
+            _add(writer, names, name, tensor, target_dtype)
         _add_zero_ffns(writer, names, config, layout, target_dtype)
         writer.write_header_to_file()
         writer.write_kv_data_to_file()
@@ -146,7 +144,7 @@ def _add_zero_ffns(writer, names, config: dict, layout: dict, dtype) -> None:
     import torch
 
     hidden = config["hidden_size"]
-    for index, block in enumerate(block_configs(config)):
+    for index, block in enumerate(layout["blocks"]):
         if block["ffn"]["no_op"] and layout["ffn"][index] == 1:
             prefix = f"model.layers.{index}."
             _add(writer, names, prefix + "post_attention_layernorm.weight", torch.ones(hidden), dtype)

@@ -4,8 +4,8 @@ so no hubprune code runs in the engine; only the small config class `configurati
 with the model (no transformers release registers "nemotron-nas"). See docs/format.md, "Serving exports".
 
 What the format cannot carry is refused in one line, before anything is written: value-pruned attention
-(FASP), a sliced residual stream (SliceGPT), OPT, and a first block without attention (vLLM's first
-layer needs a residual to start from).
+(FASP), a sliced residual stream (SliceGPT) and OPT. A first block without attention gets a zero attention
+(`blocks.servable_blocks`): vLLM's first layer needs a residual stream to start from.
 """
 from __future__ import annotations
 
@@ -13,15 +13,16 @@ import json
 import shutil
 from pathlib import Path
 
-from ..errors import ExportError, InvalidOptionError
-from ..outputs import RECORD_FILENAME, OutputLock, atomic_folder, check_writable, read_json_object, recover
-from .blocks import OTHER_FORMATS, block_configs, check_expressible
+from ..errors import ExportError
+from ..outputs import RECORD_FILENAME, OutputLock, atomic_folder, check_writable, recover
+from .blocks import OTHER_FORMATS, hubprune_record, read_config, servable_blocks, zero_attention
 
 CONFIG_CLASS_FILE = Path(__file__).with_name("configuration_decilm.py")
 LLAMA_SHAPED = ("llama", "mistral", "qwen2", "phi3")  # families whose blocks DeciLM's Llama blocks express
 # Keys of the pruned config that describe hubprune's own format, not the model.
 _DROPPED = ("architectures", "model_type", "auto_map", "block_configs", "layer_types", "transformers_version")
 _NOT_COPIED = ("config.json", "README.md", RECORD_FILENAME)
+ZERO_ATTENTION_SHARD = "zero-attention.safetensors"
 
 
 def decilm_config(config: dict) -> dict:
@@ -31,8 +32,7 @@ def decilm_config(config: dict) -> dict:
         raise ExportError(f"the vllm format carries Llama-shaped blocks ({', '.join(LLAMA_SHAPED)}), not {family}; "
                           f"{OTHER_FORMATS}")
     heads = config["num_attention_heads"]
-    blocks = block_configs(config)
-    check_expressible(blocks, "vLLM's DeciLM model")
+    blocks = servable_blocks(config, "vLLM's DeciLM model")
     source_types = config.get("layer_types") or ["full_attention"] * len(blocks)
     out = {k: v for k, v in config.items() if k not in _DROPPED}
     out.update(model_type="nemotron-nas", architectures=["DeciLMForCausalLM"],
@@ -50,34 +50,53 @@ def decilm_config(config: dict) -> dict:
 
 
 def export_vllm(folder: Path, output: Path, *, overwrite: bool = False) -> Path:
-    """Write the hubprune output `folder` in vLLM's DeciLM format to `output`."""
-    record = hubprune_record(folder)
-    config = read_json_object(folder / "config.json", ExportError, "it is not a readable model folder")
-    target = decilm_config(config)  # refused before anything is written
+    """Write the hubprune output `folder` in vLLM's DeciLM format to the folder `output` (atomically,
+    under its lock)."""
+    hubprune_record(folder)
+    decilm_config(read_config(folder))  # refused before anything is written
     check_writable(output)
     with OutputLock(output):
         recover(output)
         with atomic_folder(output, overwrite) as tmp:
-            (tmp / "config.json").write_text(json.dumps(target, indent=2) + "\n")
-            shutil.copy(CONFIG_CLASS_FILE, tmp / CONFIG_CLASS_FILE.name)
-            if config["model_type"].removeprefix("hubprune_") == "phi3":
-                _split_phi3_weights(folder, tmp, config)
-            for path in folder.iterdir():
-                if path.is_file() and path.suffix != ".py" and path.name not in _NOT_COPIED and not (
-                        tmp / path.name).exists():
-                    shutil.copy(path, tmp / path.name)
-            record["export"] = {"format": "vllm", "from": folder.name,
-                                "serve": f"vllm serve {output.name} --trust-remote-code"}
-            (tmp / RECORD_FILENAME).write_text(json.dumps(record, indent=1) + "\n")
+            write_vllm(folder, tmp, name=output.name)
     return output
 
 
-def hubprune_record(folder: Path) -> dict:
-    if not (folder / "config.json").is_file():
-        raise InvalidOptionError(f"{folder}: not a model folder (no config.json)")
-    if not (folder / RECORD_FILENAME).is_file():
-        raise InvalidOptionError(f"{folder}: not a hubprune output (no {RECORD_FILENAME}); export prunes' outputs")
-    return read_json_object(folder / RECORD_FILENAME, ExportError, "hubprune wrote it: prune again")
+def write_vllm(folder: Path, target: Path, name: str | None = None) -> None:
+    """The vLLM export of `folder` into the folder `target` (created); `name`: what it will be called."""
+    record = hubprune_record(folder)
+    config = read_config(folder)
+    decilm = decilm_config(config)
+    target.mkdir(exist_ok=True)
+    (target / "config.json").write_text(json.dumps(decilm, indent=2) + "\n")
+    shutil.copy(CONFIG_CLASS_FILE, target / CONFIG_CLASS_FILE.name)
+    if config["model_type"].removeprefix("hubprune_") == "phi3":
+        _split_phi3_weights(folder, target, config)
+    for path in folder.iterdir():
+        if (path.is_file() and path.suffix not in (".py", ".gguf") and path.name not in _NOT_COPIED
+                and not (target / path.name).exists()):
+            shutil.copy(path, target / path.name)
+    _add_zero_attention(target, config)
+    record["export"] = {"format": "vllm", "from": folder.name,
+                        "serve": f"vllm serve {name or target.name} --trust-remote-code"}
+    (target / RECORD_FILENAME).write_text(json.dumps(record, indent=1) + "\n")
+
+
+def _add_zero_attention(target: Path, config: dict) -> None:
+    """Block 0's zero attention, when it has one, as its own shard (listed in the index if there is one)."""
+    import torch
+    from safetensors.torch import save_file
+
+    tensors = zero_attention(config, servable_blocks(config, "vLLM's DeciLM model"))
+    if not tensors:
+        return
+    dtype = getattr(torch, config.get("dtype") or config.get("torch_dtype") or "float32")
+    save_file({k: v.to(dtype) for k, v in tensors.items()}, target / ZERO_ATTENTION_SHARD, metadata={"format": "pt"})
+    index_file = target / "model.safetensors.index.json"
+    if index_file.is_file():
+        index = json.loads(index_file.read_text())
+        index["weight_map"].update(dict.fromkeys(tensors, ZERO_ATTENTION_SHARD))
+        index_file.write_text(json.dumps(index, indent=1) + "\n")
 
 
 def _split_phi3_weights(folder: Path, target: Path, config: dict) -> None:
