@@ -85,8 +85,9 @@ def vllm_times(python: str, folder: Path, rows: list[list[int]], args) -> dict:
 def llama_cpp_times(files: dict[str, Path], row: list[int], args) -> dict:
     import llama_cpp
 
-    engines = {name: llama_cpp.Llama(str(path), n_ctx=len(row) + args.new_tokens + 8, n_threads=args.threads,
-                                     n_batch=len(row), verbose=False, seed=0) for name, path in files.items()}
+    context = len(row) + args.new_tokens + 8  # one batch holds the whole context, so `scores` has a row per token
+    engines = {name: llama_cpp.Llama(str(path), n_ctx=context, n_batch=context, n_threads=args.threads, verbose=False,
+                                     seed=0) for name, path in files.items()}
     times: dict = {name: {"prefill": [], "decode": []} for name in files}
     for repeat in range(args.repeats + 1):  # the first round warms up and is not kept
         for name, llm in engines.items():

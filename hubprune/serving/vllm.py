@@ -38,15 +38,37 @@ def decilm_config(config: dict) -> dict:
     out.update(model_type="nemotron-nas", architectures=["DeciLMForCausalLM"],
                auto_map={"AutoConfig": f"{CONFIG_CLASS_FILE.stem}.DeciLMConfig"})
     out["block_configs"] = [
-        {"attention": {"no_op": block["attention"]["no_op"],
+        {"attention": {"no_op": block["attention"]["no_op"], "replace_with_linear": False,
                        "n_heads_in_group": heads // block["attention"]["num_key_value_heads"]},
-         "ffn": {"no_op": block["ffn"]["no_op"], "intermediate_size": block["ffn"]["intermediate_size"]}}
+         "ffn": {"no_op": block["ffn"]["no_op"], "replace_with_linear": False,
+                 "intermediate_size": block["ffn"]["intermediate_size"]}}
         for block in blocks]
+    _add_ffn_mult(out["block_configs"], config["hidden_size"])
     # Sliding-window layers keep their window; a block without attention has no type to keep.
     out["layer_types"] = [t if t in ("full_attention", "sliding_attention") else "full_attention" for t in source_types]
     if family == "qwen2":  # q/k/v have biases, o_proj has none: vLLM's DeciLM reads `qkv_bias` for that
         out.update(qkv_bias=True, attention_bias=False)
     return out
+
+
+FFN_MULT_STEP = 256  # NVIDIA's `ffn_mult` form describes widths rounded up to a multiple of 256
+
+
+def ffn_mult_width(ffn_mult: float, hidden: int) -> int:
+    """The FFN width the engines that read `ffn_mult` derive from it (vLLM, SGLang, TensorRT-LLM, mlx-lm)."""
+    width = int(2 * ffn_mult * hidden / 3)
+    return -(-width // FFN_MULT_STEP) * FFN_MULT_STEP
+
+
+def _add_ffn_mult(blocks: list[dict], hidden: int) -> None:
+    """NVIDIA's `ffn_mult` next to each exact width, when every width is a multiple of 256 (what
+    `--ffn-multiple 256` gives), so that engines reading only that form (TensorRT-LLM, mlx-lm, llama.cpp's
+    converter) read the same widths. Otherwise the exact widths alone: `ffn_mult` would round them up."""
+    widths = [None if b["ffn"]["no_op"] else b["ffn"]["intermediate_size"] for b in blocks]
+    mults = [None if w is None else round(1.5 * w / hidden, 6) for w in widths]
+    if all(w is None or (w % FFN_MULT_STEP == 0 and ffn_mult_width(m, hidden) == w) for w, m in zip(widths, mults)):
+        for block, mult in zip(blocks, mults):
+            block["ffn"]["ffn_mult"] = mult
 
 
 def export_vllm(folder: Path, output: Path, *, overwrite: bool = False) -> Path:
