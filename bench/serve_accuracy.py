@@ -1,6 +1,6 @@
 """How closely the serving engines reproduce transformers on hubprune's exports.
 
-The embedded SmolLM2-135M, unpruned and pruned by a plan (attention removed in 3 blocks, MLPs in 3,
+The embedded SmolLM2-135M, unpruned and pruned by a plan (attention removed in 4 blocks, block 0 included, MLPs in 3,
 uneven FFN widths), exported as `vllm` and `gguf` (f32): fp32 prompt log-probs of two prompts in vLLM
 (its own DeciLM model, in its own environment) and in llama.cpp (llama-cpp-python, f32 KV cache),
 against transformers in this process. Needs `make serve-env`.

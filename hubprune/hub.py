@@ -106,10 +106,11 @@ def hub_api(token: str | None, endpoint: str | None):
 
 def publish_folder(folder: str | Path, repo_id: str, *, token: str | None = None, private: bool = False,
                    revision: str | None = None, commit_message: str | None = None, endpoint: str | None = None,
-                   dry_run: bool = False, ignore: list[str] | None = None, replace: bool = False) -> PublishResult:
+                   dry_run: bool = False, ignore: list[str] | None = None, replace: str | None = None) -> PublishResult:
     """Upload `folder` to `repo_id` (created if missing) on branch `revision` (created if missing).
-    `ignore`: more patterns not to upload; `replace`: the branch holds exactly the folder afterwards
-    (files it does not have are deleted in the same commit; for a branch hubprune alone writes)."""
+    `ignore`: more patterns not to upload. `replace`: a file only hubprune writes on that branch; the
+    branch then holds exactly the folder afterwards (files it lacks are deleted in the same commit), and
+    an existing branch without that file is never touched."""
     from huggingface_hub import errors as hub_errors
 
     folder = Path(folder)
@@ -123,6 +124,8 @@ def publish_folder(folder: str | Path, repo_id: str, *, token: str | None = None
     whoami(api)
     try:
         api.create_repo(repo_id, private=private, exist_ok=True)
+        if replace:
+            check_replaceable(api, repo_id, branch, replace)
         if branch != "main":
             api.create_branch(repo_id, branch=branch, exist_ok=True)
         before = api.model_info(repo_id, revision=branch).sha
@@ -143,6 +146,19 @@ def publish_folder(folder: str | Path, repo_id: str, *, token: str | None = None
         raise PublishError(f"the upload to {url} was interrupted ({type(exc).__name__}); nothing was published. "
                            "Run the same command again to resume: files already sent are not sent again") from None
     return PublishResult(repo_id, url, branch, after, after != before, files)
+
+
+def check_replaceable(api, repo_id: str, branch: str, marker: str) -> None:
+    """Refuse to replace a branch that exists without `marker`, a file only hubprune writes there."""
+    from huggingface_hub import errors as hub_errors
+
+    try:
+        api.model_info(repo_id, revision=branch)
+    except (hub_errors.RevisionNotFoundError, hub_errors.RepositoryNotFoundError):
+        return  # a new branch (or repo): nothing to lose
+    if not api.file_exists(repo_id, marker, revision=branch):
+        raise PublishError(f"branch {branch} of {repo_id} holds files hubprune did not write there (no {marker}); "
+                           "it is never replaced: delete or rename that branch first")
 
 
 def _is_network_error(exc: BaseException) -> bool:

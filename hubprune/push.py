@@ -14,9 +14,19 @@ import yaml
 from .card import CARD_FILENAME, validate_card, write_card
 from . import schema
 from .errors import HubPruneError, InvalidOptionError, OutputExistsError
-from .hub import PublishResult, check_repo_id, check_transfer_protocol, hub_api, publish_folder, resolve_token, whoami
+from .hub import (
+    PublishResult,
+    check_replaceable,
+    check_repo_id,
+    check_transfer_protocol,
+    hub_api,
+    publish_folder,
+    resolve_token,
+    whoami,
+)
 from .privacy import public
 from .serving import VLLM_FOLDER, export_branch
+from .serving.vllm import CONFIG_CLASS_FILE
 
 log = logging.getLogger("hubprune")
 
@@ -70,9 +80,13 @@ def push(model: str | None = None, method: str | None = None, *, repo_id: str, t
         job = PruneJob(model=model, method=method, output=str(folder), revision=publishing.source_revision,
                        overwrite=overwrite, **job_fields)
         job.validate()  # options first: offline and instant
-    # The endpoint and token before any pruning (a dry run too: it is everything but the upload).
+    # The endpoint, the token and the export branch before any pruning (a dry run too: it is everything
+    # but the upload).
     check_transfer_protocol(publishing.endpoint)
-    whoami(hub_api(resolve_token(token), publishing.endpoint))
+    api = hub_api(resolve_token(token), publishing.endpoint)
+    whoami(api)
+    if (job is not None and "vllm" in job.export) or (job is None and (folder / VLLM_FOLDER).is_dir()):
+        check_replaceable(api, repo_id, export_branch(publishing.revision), CONFIG_CLASS_FILE.name)
     pruned = False
     if job is not None:
         if _same_job(folder, job) and not overwrite:
@@ -98,7 +112,7 @@ def push(model: str | None = None, method: str | None = None, *, repo_id: str, t
         shutil.copy(folder / CARD_FILENAME, vllm / CARD_FILENAME)
         exports.append(publish_folder(vllm, repo_id, token=token, revision=export_branch(publishing.revision),
                                       commit_message=publishing.commit_message, endpoint=publishing.endpoint,
-                                      dry_run=dry_run, replace=True))
+                                      dry_run=dry_run, replace=CONFIG_CLASS_FILE.name))
     return PushResult(folder, published, pruned, exports)
 
 

@@ -300,3 +300,11 @@ def test_serving_exports_go_beside_the_weights_and_to_their_own_branch(hub, tmp_
     assert f"llama-server --hf-repo {repo} --hf-file served-F16.gguf" in card
     again = push("default", "manual", **run)
     assert not again.pruned and not again.published.changed and not again.exports[0].changed
+    # A `vllm` branch hubprune did not write is never replaced.
+    api.create_repo("alice/theirs")
+    api.create_branch("alice/theirs", branch="vllm")
+    api.upload_file(path_or_fileobj=b"mine", path_in_repo="notes.txt", repo_id="alice/theirs", revision="vllm")
+    with pytest.raises(PublishError, match="never replaced"):
+        push(repo_id="alice/theirs", from_dir=out, token=ALICE, endpoint=hub.url)
+    assert set(api.list_repo_files("alice/theirs", revision="vllm")) - {".gitattributes"} == {"notes.txt"}
+    assert "config.json" not in api.list_repo_files("alice/theirs")  # refused before anything was uploaded
