@@ -197,9 +197,10 @@ def build_parser() -> argparse.ArgumentParser:
                                    "vllm: a folder in vLLM's DeciLM ('nemotron-nas') format, served by `vllm serve "
                                    "OUT --trust-remote-code` with no hubprune code (Llama, Mistral, Qwen2, Phi-3). "
                                    "gguf: one llama.cpp file, architecture deci (`llama-server -m OUT.gguf`; Llama, "
-                                   "Mistral and Qwen2 blocks; today outputs of the embedded model, whose GGUF "
-                                   "tokenizer it copies). Not: "
-                                   "value-pruned attention, sliced residuals, or a first block without attention.")
+                                   "Mistral and Qwen2 blocks; byte-level BPE tokenizers such as GPT-2's, SmolLM's, "
+                                   "Llama 3's and Qwen2's, not SentencePiece ones yet). Not: "
+                                   "value-pruned attention (FASP), sliced residuals (SliceGPT), OPT. Both give a first "
+                                   "block without attention a zero attention.")
     x.add_argument("folder", metavar="DIR", help="a hubprune output folder")
     x.add_argument("--format", required=True, choices=FORMATS, help="the target format")
     x.add_argument("--output", "-o", required=True, help="the exported folder (vllm) or file (gguf: *.gguf)")

@@ -38,7 +38,7 @@ from .plan import BoundPlan, PrunePlan
 from .privacy import public
 from .runs import LayerTensors, RunFolder, default_run_dir
 from .sequential import ShardReader
-from .serving import check_source, write_exports
+from .serving import check_source, check_tokenizer, write_exports
 from .surgery import apply_plan, bind_plan, decoder_parameters, model_class, pruned_config, total_parameters
 
 SPARSITY_DEFINITION = "removed fraction of decoder-layer parameters (embeddings, lm_head and final norm excluded)"
@@ -112,14 +112,14 @@ def _prune(job: PruneJob, *, token: str | None, loaded: LoadedModel | None) -> P
                     f"{model} was already pruned by hubprune; pruning its pruned format again is not supported: "
                     "prune its source model instead, with the total sparsity you want")
             method_impl.check_model(skeleton, sparsity, options)
-            check_source(job.export, skeleton.config.to_dict(), model)
+            check_source(job.export, skeleton.config.to_dict())
 
         loaded = load_model(model, device=job.device, dtype=job.dtype, revision=job.revision, token=token,
                             output=output, offload=job.offload, check=check, trust_remote_code=job.trust_remote_code,
                             working_memory=lambda config, dtype: method_impl.working_memory(
                                 config, dtype.itemsize, seq_len, sparsity, options))
-    else:
-        check_source(job.export, loaded.model.config.to_dict(), model)
+    check_source(job.export, loaded.model.config.to_dict())
+    check_tokenizer(job.export, loaded.tokenizer, model)
     dense = loaded.model
     settings = job.eval_settings()
     settings.check_in_memory(loaded.shards is not None)

@@ -49,16 +49,33 @@ def embedded_tokenizer(embedded_model):
     return embedded_model.tokenizer
 
 
-def tiny_tokenizer(vocab_size: int = 300):
+def _pre_tokenizer(form: str):
+    """The pre-tokenizer of each form the gguf export maps to llama.cpp (serving/gguf_vocab.py), and one
+    it does not ("whitespace")."""
+    from tokenizers import Regex, pre_tokenizers
+
+    from hubprune.serving.gguf_vocab import LLAMA3_REGEX, QWEN2_REGEX
+
+    byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    split = {"llama-bpe": LLAMA3_REGEX, "qwen2": QWEN2_REGEX}
+    if form in split:
+        return pre_tokenizers.Sequence([pre_tokenizers.Split(Regex(split[form]), behavior="isolated"),
+                                        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+    return {"gpt-2": byte_level, "whitespace": pre_tokenizers.WhitespaceSplit(),
+            "smollm": pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True), byte_level])}[form]
+
+
+def tiny_tokenizer(vocab_size: int = 300, form: str = "gpt-2"):
     """A real byte-level BPE tokenizer trained here on the embedded corpus, with a vocabulary small
-    enough for tiny models (so they can be calibrated on text); give the model `len(tokenizer)`."""
+    enough for tiny models (so they can be calibrated on text); give the model `len(tokenizer)`.
+    `form`: its pre-tokenizer (GPT-2's by default; see `_pre_tokenizer`)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
     from hubprune import embedded
 
     tokenizer = Tokenizer(models.BPE())
-    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.pre_tokenizer = _pre_tokenizer(form)
     tokenizer.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<pad>", "<s>", "</s>"],
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
@@ -66,9 +83,10 @@ def tiny_tokenizer(vocab_size: int = 300):
     return PreTrainedTokenizerFast(tokenizer_object=tokenizer, pad_token="<pad>", bos_token="<s>", eos_token="</s>")
 
 
-def calibratable_model(folder, *, layers=6, hidden=64, ffn=128, shard="50KB", config_class=LlamaConfig):
+def calibratable_model(folder, *, layers=6, hidden=64, ffn=128, shard="50KB", config_class=LlamaConfig,
+                       tokenizer_form="gpt-2"):
     """A random model (Llama by default) with a real (tiny) tokenizer, saved in many small shards."""
-    tokenizer = tiny_tokenizer()
+    tokenizer = tiny_tokenizer(form=tokenizer_form)
     shape = dict(vocab_size=len(tokenizer), hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=4,
                  pad_token_id=tokenizer.pad_token_id, bos_token_id=1, eos_token_id=2)
     if config_class is OPTConfig:  # multi-head only; its own name for the FFN width

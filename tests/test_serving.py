@@ -11,7 +11,7 @@ import pytest
 import torch
 from conftest import tiny_model
 from safetensors.torch import load_file
-from transformers import AutoConfig
+from transformers import AutoConfig, AutoModelForCausalLM
 
 from hubprune.cli import main
 from hubprune.errors import ExportError
@@ -171,21 +171,22 @@ def test_prune_refuses_an_export_its_method_cannot_give_before_any_work(args, me
 
 @pytest.mark.parametrize(("config_class", "export_format", "message"), [
     ("OPTConfig", "vllm", "not opt"),
-    ("LlamaConfig", "gguf", "Hugging Face tokenizer is not converted yet"),
+    ("LlamaConfig", "gguf", "pre-tokenizer is not one"),
 ])
-def test_prune_refuses_an_export_the_source_model_rules_out_before_reading_weights(config_class, export_format, message,
-                                                                                   tmp_path, capsys):
+def test_prune_refuses_an_export_the_source_model_rules_out_before_pruning(config_class, export_format, message,
+                                                                           tmp_path, capsys):
     import transformers
     from conftest import calibratable_model
 
-    source = calibratable_model(tmp_path / "src", layers=2, config_class=getattr(transformers, config_class))
+    source = calibratable_model(tmp_path / "src", layers=2, config_class=getattr(transformers, config_class),
+                                tokenizer_form="whitespace")
     plan = tmp_path / "plan.json"
     PrunePlan(skip_mlp=[1]).save(plan)
     capsys.readouterr()
     code = main(["prune", str(source), "--method", "manual", "--plan", str(plan), "--export", export_format,
                  "-o", str(tmp_path / "out"), "--device", "cpu"])
-    err = capsys.readouterr().err
-    assert code == 2 and err.count("\n") == 1 and message in err and not (tmp_path / "out").exists()
+    errors = [line for line in capsys.readouterr().err.splitlines() if "error" in line]  # after any progress bar
+    assert code == 2 and len(errors) == 1 and message in errors[0] and not (tmp_path / "out").exists()
 
 
 def test_prune_writes_its_exports_into_the_output(embedded_output, tmp_path):
@@ -338,11 +339,90 @@ def test_a_gguf_export_replaces_only_a_file_hubprune_wrote(embedded_output, tmp_
                  "bfloat16"]) == 0
 
 
-def test_a_gguf_export_needs_a_source_gguf_tokenizer(tmp_path):
-    _, folder = pruned_output("llama", tmp_path / "out")
-    with pytest.raises(ExportError, match="Hugging Face tokenizer is not converted yet"):
+def test_a_gguf_export_needs_a_tokenizer(tmp_path):
+    _, folder = pruned_output("llama", tmp_path / "out")  # saved without a tokenizer
+    with pytest.raises(ExportError, match="no tokenizer.json"):
         export(folder, "gguf", tmp_path / "m.gguf")
     assert not (tmp_path / "m.gguf").exists()
+
+
+TOKENIZER_FORMS = ["gpt-2", "smollm", "llama-bpe", "qwen2"]
+
+
+def tokenized_output(folder: Path, tokenizer) -> Path:
+    """A pruned tiny Llama whose vocabulary is `tokenizer`'s, saved with it."""
+    from hubprune.families import FAMILIES
+
+    config = FAMILIES["llama"].tiny_config()
+    config.vocab_size = len(tokenizer) + 5  # rows the tokenizer does not use: padded as unused tokens
+    torch.manual_seed(0)
+    model = apply_plan(AutoModelForCausalLM.from_config(config).eval(), PLAN)
+    save_model_folder(folder, model, tokenizer, plan=PLAN, record={"job": {"method": "manual"}})
+    return folder
+
+
+@pytest.mark.parametrize("form", TOKENIZER_FORMS)
+def test_gguf_export_converts_a_byte_level_bpe_tokenizer(form, tmp_path):
+    """Tokens in id order (padded to the vocabulary size), their types, the merges, the special ids and
+    llama.cpp's name for the pre-tokenizer, read back from the file."""
+    import gguf
+    from conftest import tiny_tokenizer
+
+    tokenizer = tiny_tokenizer(400, form)
+    folder = tokenized_output(tmp_path / "out", tokenizer)
+    export(folder, "gguf", tmp_path / "m.gguf")
+    fields = gguf.GGUFReader(tmp_path / "m.gguf").fields
+    assert fields["tokenizer.ggml.model"].contents() == "gpt2" and fields["tokenizer.ggml.pre"].contents() == form
+    size = len(tokenizer)
+    tokens = fields["tokenizer.ggml.tokens"].contents()
+    assert tokens == tokenizer.convert_ids_to_tokens(list(range(size))) + [f"[PAD{i}]" for i in range(size, size + 5)]
+    types = fields["tokenizer.ggml.token_type"].contents()
+    specials = {tokenizer.pad_token_id, tokenizer.bos_token_id, tokenizer.eos_token_id}
+    assert [i for i, t in enumerate(types) if t == gguf.TokenType.CONTROL] == sorted(specials)
+    assert set(types[size:]) == {gguf.TokenType.UNUSED}
+    merges = json.loads((folder / "tokenizer.json").read_text())["model"]["merges"]
+    assert fields["tokenizer.ggml.merges"].contents() == [" ".join(m) if isinstance(m, list) else m for m in merges]
+    assert fields["tokenizer.ggml.bos_token_id"].contents() == tokenizer.bos_token_id
+    assert fields["tokenizer.ggml.eos_token_id"].contents() == tokenizer.eos_token_id
+
+
+def test_a_tokenizer_llama_cpp_would_split_differently_is_refused(tmp_path):
+    from conftest import tiny_tokenizer
+
+    folder = tokenized_output(tmp_path / "out", tiny_tokenizer(300, "whitespace"))
+    with pytest.raises(ExportError, match="pre-tokenizer is not one"):
+        export(folder, "gguf", tmp_path / "m.gguf")
+
+
+@pytest.mark.slow
+@pytest.mark.serve
+@pytest.mark.parametrize("form", TOKENIZER_FORMS)
+def test_llama_cpp_tokenizes_a_converted_tokenizer_like_transformers(form, tmp_path, monkeypatch):
+    """llama.cpp reads the converted tokenizer and splits real text into the same tokens as transformers
+    (digits, contractions, whitespace runs, accents and CJK included); and the check can fail: the
+    Llama 3 tokenizer under Qwen2's pre-tokenizer name (digits one by one) gives other tokens."""
+    import llama_cpp
+    from conftest import tiny_tokenizer
+
+    from hubprune import embedded
+
+    tokenizer = tiny_tokenizer(2000, form)
+    folder = tokenized_output(tmp_path / "out", tokenizer)
+    path = export(folder, "gguf", tmp_path / "m.gguf")
+    texts = embedded.default_corpus("evaluation")[:40] + [
+        "It's 2024: 12345 apples, 7 pears.\n\n\tDon't  stop   now!", "naïve café — ünïcödé, 日本語のテキスト 42"]
+
+    def tokens(gguf_file):
+        llm = llama_cpp.Llama(str(gguf_file), vocab_only=True, verbose=False)
+        return [llm.tokenize(t.encode(), add_bos=False, special=False) for t in texts]
+
+    assert tokens(path) == [tokenizer(t, add_special_tokens=False).input_ids for t in texts]
+    if form == "llama-bpe":
+        import hubprune.serving.gguf_vocab as gguf_vocab
+
+        monkeypatch.setattr(gguf_vocab, "pre_tokenizer_name", lambda tokenizer: "qwen2")
+        wrong = export(folder, "gguf", tmp_path / "wrong.gguf")
+        assert tokens(wrong) != [tokenizer(t, add_special_tokens=False).input_ids for t in texts]
 
 
 @pytest.mark.slow

@@ -12,6 +12,7 @@ Nothing here imports torch; the writers import what they need.
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 FORMATS = ("vllm", "gguf")
@@ -95,12 +96,9 @@ def check_job(formats: list[str], method: str, plan_keys: frozenset[str] | None)
                                      "transformers)")
 
 
-def check_source(formats: list[str], config: dict, reference: str) -> None:
-    """Before any weight is read: refuse an export the source model's family or settings rule out
-    (the source's config stands for its pruned output's: pruning changes neither)."""
-    from ..embedded import DEFAULT_MODEL
-    from ..errors import ExportError
-
+def check_source(formats: list[str], config: dict) -> None:
+    """Before any weight is read: refuse an export the source model's family or settings rule out (the
+    source's config stands for its pruned output's: pruning changes neither)."""
     if "vllm" in formats:
         from .vllm import decilm_config
 
@@ -109,8 +107,22 @@ def check_source(formats: list[str], config: dict, reference: str) -> None:
         from .gguf import gguf_layout
 
         gguf_layout(config)
-        if reference != DEFAULT_MODEL:
-            raise ExportError(_GGUF_TOKENIZER_MISSING)
+
+
+def check_tokenizer(formats: list[str], tokenizer, reference: str) -> None:
+    """Once the model is loaded, before pruning: refuse a gguf export whose tokenizer would not convert
+    (the embedded model's comes from its own GGUF file)."""
+    from ..embedded import DEFAULT_MODEL
+    from ..errors import ExportError
+    from .gguf_vocab import check_tokenizer as check_tokenizer_json
+
+    if "gguf" not in formats or reference == DEFAULT_MODEL:
+        return
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None:
+        raise ExportError("the gguf export converts the model's tokenizer, and this model has no fast (tokenizers) "
+                          "tokenizer")
+    check_tokenizer_json(json.loads(backend.to_str()))
 
 
 def write_exports(folder: Path, formats: list[str], output_name: str, gguf_dtype: str) -> None:
@@ -123,17 +135,12 @@ def write_exports(folder: Path, formats: list[str], output_name: str, gguf_dtype
         _write_gguf(folder, folder / gguf_name(output_name, gguf_dtype), gguf_dtype)
 
 
-_GGUF_TOKENIZER_MISSING = ("the gguf export copies its tokenizer from a GGUF file (the embedded model's is used for its "
-                           "outputs); a Hugging Face tokenizer is not converted yet")
-
-
 def _write_gguf(folder: Path, output: Path, gguf_dtype: str) -> Path:
+    """The embedded model's outputs take the tokenizer of its GGUF file; others convert tokenizer.json."""
     from .. import embedded
-    from ..errors import ExportError
-    from .gguf import export_gguf
     from .blocks import hubprune_record
+    from .gguf import export_gguf
 
     record = hubprune_record(folder)
-    if record.get("source", {}).get("reference") != embedded.DEFAULT_MODEL:
-        raise ExportError(_GGUF_TOKENIZER_MISSING)
-    return export_gguf(folder, output, dtype=gguf_dtype, tokenizer_gguf=embedded.default_model_gguf())
+    source = embedded.default_model_gguf() if record.get("source", {}).get("reference") == embedded.DEFAULT_MODEL else None
+    return export_gguf(folder, output, dtype=gguf_dtype, tokenizer_gguf=source)

@@ -5,9 +5,11 @@ converter reads only NVIDIA's `ffn_mult` form of DeciLM configs). See docs/forma
 Two traps of llama.cpp's deci graph, handled here: a block that keeps attention but has no MLP would skip
 its attention's residual too (the graph `continue`s when the FFN width is 0), so such a block gets a
 one-neuron FFN whose down projection is zero (adds nothing; costs 3 x hidden parameters); and a first
-block without attention cannot load, so it gets a zero attention (`blocks.servable_blocks`). The tokenizer is copied from a source GGUF (the
-embedded model's); building one from a Hugging Face tokenizer is not done yet and is refused
-(`serving._write_gguf`).
+block without attention cannot load, so it gets a zero attention (`blocks.servable_blocks`).
+
+The tokenizer is copied from a source GGUF when there is one (the embedded model's: its original
+tokenizer, `smollm` pre-tokenizer included), and otherwise converted from the output's tokenizer.json
+(`gguf_vocab`).
 """
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ from pathlib import Path
 
 from ..errors import ExportError
 from .blocks import OTHER_FORMATS, read_config, servable_blocks, zero_attention
+from .gguf_vocab import add_hf_tokenizer
 from .vllm import LLAMA_SHAPED
 
 MARKER_KEY = "hubprune.source"  # written into every export: only such a file is ever replaced
@@ -65,7 +68,7 @@ def _permute(weight, heads: int):
             .swapaxes(1, 2).reshape(weight.shape))
 
 
-def export_gguf(folder: Path, output: Path, *, dtype: str, tokenizer_gguf: Path) -> Path:
+def export_gguf(folder: Path, output: Path, *, dtype: str, tokenizer_gguf: Path | None = None) -> Path:
     """Write the hubprune output `folder` as one GGUF file `output` (written aside, then renamed)."""
     import gguf
     import torch
@@ -95,7 +98,10 @@ def export_gguf(folder: Path, output: Path, *, dtype: str, tokenizer_gguf: Path)
         writer.add_vocab_size(config["vocab_size"])
         writer.add_file_type({"float32": gguf.LlamaFileType.ALL_F32, "float16": gguf.LlamaFileType.MOSTLY_F16,
                               "bfloat16": gguf.LlamaFileType.MOSTLY_BF16}[dtype])
-        _copy_tokenizer(writer, Path(tokenizer_gguf))
+        if tokenizer_gguf is not None:
+            _copy_tokenizer(writer, Path(tokenizer_gguf))
+        else:
+            add_hf_tokenizer(writer, folder, config["vocab_size"])
         names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.DECI, len(layout["ffn"]))
         for shard in sorted(folder.glob("*.safetensors")):
             with safe_open(shard, framework="pt") as reader:
