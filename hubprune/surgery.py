@@ -93,6 +93,7 @@ def pruned_config(source: PretrainedConfig, bound: BoundPlan, family: Family):
         data["auto_map"] = {
             "AutoConfig": f"configuration_hubprune.{family.pruned_config_class}",
             "AutoModelForCausalLM": f"modeling_hubprune.{family.pruned_model_class}",
+            "AutoModel": f"modeling_hubprune.{family.pruned_base_class}",
         }
         data["architectures"] = [family.pruned_model_class]
         config = modeling.OWN_CLASSES[family.pruned_model_type][0](**data)

@@ -213,3 +213,33 @@ def test_tied_embeddings_stay_tied_and_dtype_is_preserved(tmp_path):
     with safe_open(tmp_path / "model.safetensors", "pt") as f:
         assert "lm_head.weight" not in f.keys()
         assert {f.get_slice(k).get_dtype() for k in f.keys()} == {"BF16"}
+
+
+def test_the_base_model_loads_with_automodel_from_the_remote_code(tmp_path):
+    """`AutoModel` (auto_map) gives every family's base model, without the head, from the files in the
+    folder alone (a fresh process that never imports hubprune): the pruned model's hidden states."""
+    import subprocess
+    import sys
+
+    expected = {}
+    ids = torch.randint(3, 128, (2, 12), generator=torch.Generator().manual_seed(0))
+    for family in FAMILIES:
+        pruned = export(tiny_model(family), PLAN, tmp_path / family)
+        with torch.no_grad():
+            expected[family] = pruned.model(ids).last_hidden_state
+        torch.save(ids, tmp_path / "ids.pt")
+    script = ("import sys, torch\nfrom transformers import AutoModel\nids = torch.load(sys.argv[1])\nout = {}\n"
+              "for folder in sys.argv[2:]:\n"
+              "    model = AutoModel.from_pretrained(folder, trust_remote_code=True).eval()\n"
+              "    with torch.no_grad():\n"
+              "        out[folder] = (type(model).__name__, model(ids).last_hidden_state)\n"
+              "assert 'hubprune' not in sys.modules\ntorch.save(out, sys.argv[1] + '.out')\n")
+    folders = [str(tmp_path / family) for family in FAMILIES]
+    done = subprocess.run([sys.executable, "-c", script, str(tmp_path / "ids.pt"), *folders], capture_output=True,
+                          text=True, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    got = torch.load(tmp_path / "ids.pt.out")
+    for family in FAMILIES:
+        name, hidden = got[str(tmp_path / family)]
+        assert name == get_family(family).pruned_base_class
+        assert (hidden - expected[family]).abs().max() <= 1e-5, family

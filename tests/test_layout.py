@@ -154,6 +154,10 @@ def test_every_family_has_all_its_parts_and_the_remote_code_declares_exactly_tho
                         if n.startswith("HubPrune") and n.endswith("Config")}
     declared_models = {n for n, c in inspect.getmembers(modeling_hubprune, inspect.isclass)
                        if n.startswith("HubPrune") and n.endswith("ForCausalLM") and n != "HubPruneForCausalLM"}
+    declared_bases = {n for n, c in inspect.getmembers(modeling_hubprune, inspect.isclass)
+                      if n.startswith("HubPrune") and n.endswith("Model") and n not in ("HubPruneModel",
+                                                                                        "HubPrunePreTrainedModel")}
     assert declared_configs == {f.pruned_config_class for f in FAMILIES.values()}
     assert declared_models == {f.pruned_model_class for f in FAMILIES.values()}
+    assert declared_bases == {f.pruned_base_class for f in FAMILIES.values()}
     assert set(modeling_hubprune._STOCK) == set(FAMILIES)

@@ -11,7 +11,7 @@ class Family:
     """Llama-style decoder (separate q/k/v/o, gate/up/down SwiGLU MLP, two RMSNorms per block)."""
 
     model_type: str = ""  # the source `config.model_type`
-    pruned_class_prefix: str = ""  # HubPrune<prefix>Config / HubPrune<prefix>ForCausalLM
+    pruned_class_prefix: str = ""  # HubPrune<prefix>Config / HubPrune<prefix>ForCausalLM / HubPrune<prefix>Model
 
     layers_prefix = "model.layers."
     attention_prefix = "self_attn."
@@ -47,6 +47,11 @@ class Family:
     @property
     def pruned_model_class(self) -> str:
         return f"HubPrune{self.pruned_class_prefix}ForCausalLM"
+
+    @property
+    def pruned_base_class(self) -> str:
+        """The base model without its head (AutoModel)."""
+        return f"HubPrune{self.pruned_class_prefix}Model"
 
     def ffn_width(self, config) -> int:
         return config.intermediate_size

@@ -34,7 +34,7 @@ from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, PreTrainedModel
 from transformers.utils.deprecation import deprecate_kwarg
 
 from transformers.activations import ACT2FN
-from transformers.models.opt.modeling_opt import OPTForCausalLM
+from transformers.models.opt.modeling_opt import OPTForCausalLM, OPTModel
 
 from .configuration_hubprune import (
     HubPruneLlamaConfig,
@@ -394,8 +394,13 @@ class HubPruneForCausalLM(HubPrunePreTrainedModel, GenerationMixin):
         return CausalLMOutputWithPast(loss=loss, logits=logits, cache=outputs.cache)
 
 
-# One class per family so that `auto_map` can name the right config class for each.
+# One class per family so that `auto_map` can name the right config class for each: the model with its
+# head (AutoModelForCausalLM) and the base model (AutoModel, e.g. vLLM's Transformers backend).
 class HubPruneLlamaForCausalLM(HubPruneForCausalLM):
+    config_class = HubPruneLlamaConfig
+
+
+class HubPruneLlamaModel(HubPruneModel):
     config_class = HubPruneLlamaConfig
 
 
@@ -403,11 +408,23 @@ class HubPruneMistralForCausalLM(HubPruneForCausalLM):
     config_class = HubPruneMistralConfig
 
 
+class HubPruneMistralModel(HubPruneModel):
+    config_class = HubPruneMistralConfig
+
+
 class HubPruneQwen2ForCausalLM(HubPruneForCausalLM):
     config_class = HubPruneQwen2Config
 
 
+class HubPruneQwen2Model(HubPruneModel):
+    config_class = HubPruneQwen2Config
+
+
 class HubPrunePhi3ForCausalLM(HubPruneForCausalLM):
+    config_class = HubPrunePhi3Config
+
+
+class HubPrunePhi3Model(HubPruneModel):
     config_class = HubPrunePhi3Config
 
 
@@ -472,6 +489,10 @@ class HubPruneOPTDecoderLayer(GradientCheckpointingLayer):
         return hidden_states
 
 
+def _opt_layers(config) -> nn.ModuleList:
+    return nn.ModuleList([HubPruneOPTDecoderLayer(config, layer_idx) for layer_idx in range(config.num_hidden_layers)])
+
+
 class HubPruneOPTForCausalLM(OPTForCausalLM):
     """The stock OPT model (learned positions, decoder, head) with HubPruneOPTDecoderLayer blocks."""
 
@@ -480,10 +501,20 @@ class HubPruneOPTForCausalLM(OPTForCausalLM):
 
     def __init__(self, config):
         super().__init__(config)
-        self.model.decoder.layers = nn.ModuleList(
-            [HubPruneOPTDecoderLayer(config, layer_idx) for layer_idx in range(config.num_hidden_layers)]
-        )
+        self.model.decoder.layers = _opt_layers(config)
 
 
-__all__ = ["HubPruneLlamaForCausalLM", "HubPruneMistralForCausalLM", "HubPruneOPTForCausalLM", "HubPrunePhi3ForCausalLM",
-           "HubPruneQwen2ForCausalLM"]
+class HubPruneOPTModel(OPTModel):
+    """The stock OPT base model (no head) with HubPruneOPTDecoderLayer blocks."""
+
+    config_class = HubPruneOPTConfig
+    _no_split_modules = ["HubPruneOPTDecoderLayer"]
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.decoder.layers = _opt_layers(config)
+
+
+__all__ = ["HubPruneLlamaForCausalLM", "HubPruneLlamaModel", "HubPruneMistralForCausalLM", "HubPruneMistralModel",
+           "HubPruneOPTForCausalLM", "HubPruneOPTModel", "HubPrunePhi3ForCausalLM", "HubPrunePhi3Model",
+           "HubPruneQwen2ForCausalLM", "HubPruneQwen2Model"]
