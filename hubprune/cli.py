@@ -197,8 +197,9 @@ def build_parser() -> argparse.ArgumentParser:
                                    "vllm: a folder in vLLM's DeciLM ('nemotron-nas') format, served by `vllm serve "
                                    "OUT --trust-remote-code` with no hubprune code (Llama, Mistral, Qwen2, Phi-3). "
                                    "gguf: one llama.cpp file, architecture deci (`llama-server -m OUT.gguf`; Llama, "
-                                   "Mistral and Qwen2 blocks; byte-level BPE tokenizers such as GPT-2's, SmolLM's, "
-                                   "Llama 3's and Qwen2's, not SentencePiece ones yet). Not: "
+                                   "Mistral and Qwen2 blocks; the tokenizer converted from tokenizer.json: byte-level "
+                                   "BPE such as Llama 3's and Qwen2's, SentencePiece-style BPE such as Llama 2's). "
+                                   "Not: "
                                    "value-pruned attention (FASP), sliced residuals (SliceGPT), OPT. Both give a first "
                                    "block without attention a zero attention.")
     x.add_argument("folder", metavar="DIR", help="a hubprune output folder")

@@ -66,21 +66,48 @@ def _pre_tokenizer(form: str):
 
 
 def tiny_tokenizer(vocab_size: int = 300, form: str = "gpt-2"):
-    """A real byte-level BPE tokenizer trained here on the embedded corpus, with a vocabulary small
-    enough for tiny models (so they can be calibrated on text); give the model `len(tokenizer)`.
-    `form`: its pre-tokenizer (GPT-2's by default; see `_pre_tokenizer`)."""
+    """A real BPE tokenizer trained here on the embedded corpus, with a vocabulary small enough for tiny
+    models (so they can be calibrated on text); give the model `len(tokenizer)`. `form`: its
+    pre-tokenizer (byte-level: GPT-2's by default, see `_pre_tokenizer`), or a SentencePiece-style
+    tokenizer laid out as Llama 2's (`spm-metaspace`: a Metaspace pre-tokenizer, `spm-prepend`: the older
+    Prepend + Replace normalizer; byte fallback to `<0xNN>` tokens in the vocabulary)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
     from hubprune import embedded
 
+    texts = embedded.default_corpus("calibration")[:200]
+    if form.startswith("spm"):
+        return _sentencepiece_style(vocab_size, form, texts)
     tokenizer = Tokenizer(models.BPE())
     tokenizer.pre_tokenizer = _pre_tokenizer(form)
     tokenizer.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<pad>", "<s>", "</s>"],
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    tokenizer.train_from_iterator(embedded.default_corpus("calibration")[:200], trainer)
+    tokenizer.train_from_iterator(texts, trainer)
     return PreTrainedTokenizerFast(tokenizer_object=tokenizer, pad_token="<pad>", bos_token="<s>", eos_token="</s>")
+
+
+def _sentencepiece_style(vocab_size: int, form: str, texts: list[str]):
+    import json
+
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    byte_tokens = [f"<0x{i:02X}>" for i in range(256)]
+    tokenizer = Tokenizer(models.BPE(byte_fallback=True, unk_token="<unk>", fuse_unk=True))
+    tokenizer.pre_tokenizer = pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme="first", split=True)
+    tokenizer.decoder = decoders.Sequence([decoders.Replace("\u2581", " "), decoders.ByteFallback(), decoders.Fuse(),
+                                           decoders.Strip(" ", 1, 0)])
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<unk>", "<s>", "</s>", *byte_tokens])
+    tokenizer.train_from_iterator(texts, trainer)
+    data = json.loads(tokenizer.to_str())
+    data["added_tokens"] = [t for t in data["added_tokens"] if t["content"] not in byte_tokens]  # plain vocabulary
+    tokenizer = Tokenizer.from_str(json.dumps(data))
+    if form == "spm-prepend":  # no pre-tokenizer: the normalizer puts the "▁"s in
+        tokenizer.pre_tokenizer = None
+        tokenizer.normalizer = normalizers.Sequence([normalizers.Prepend("\u2581"), normalizers.Replace(" ", "\u2581")])
+    return PreTrainedTokenizerFast(tokenizer_object=tokenizer, unk_token="<unk>", bos_token="<s>", eos_token="</s>")
 
 
 def calibratable_model(folder, *, layers=6, hidden=64, ffn=128, shard="50KB", config_class=LlamaConfig,

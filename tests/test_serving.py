@@ -347,6 +347,7 @@ def test_a_gguf_export_needs_a_tokenizer(tmp_path):
 
 
 TOKENIZER_FORMS = ["gpt-2", "smollm", "llama-bpe", "qwen2"]
+SENTENCEPIECE_FORMS = ["spm-metaspace", "spm-prepend"]  # Llama 2 / Mistral style
 
 
 def tokenized_output(folder: Path, tokenizer) -> Path:
@@ -386,6 +387,29 @@ def test_gguf_export_converts_a_byte_level_bpe_tokenizer(form, tmp_path):
     assert fields["tokenizer.ggml.eos_token_id"].contents() == tokenizer.eos_token_id
 
 
+@pytest.mark.parametrize("form", SENTENCEPIECE_FORMS)
+def test_gguf_export_converts_a_sentencepiece_style_tokenizer(form, tmp_path):
+    """llama.cpp's `llama` model: byte tokens typed as such, the unknown token, control tokens, scores
+    that order merges as their ranks do, and the space prefix."""
+    import gguf
+    from conftest import tiny_tokenizer
+
+    tokenizer = tiny_tokenizer(600, form)
+    folder = tokenized_output(tmp_path / "out", tokenizer)
+    export(folder, "gguf", tmp_path / "m.gguf")
+    fields = gguf.GGUFReader(tmp_path / "m.gguf").fields
+    assert fields["tokenizer.ggml.model"].contents() == "llama" and fields["tokenizer.ggml.add_space_prefix"].contents()
+    tokens, types = fields["tokenizer.ggml.tokens"].contents(), fields["tokenizer.ggml.token_type"].contents()
+    assert tokens[:len(tokenizer)] == tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))
+    assert types[tokenizer.unk_token_id] == gguf.TokenType.UNKNOWN
+    assert {types[tokenizer.bos_token_id], types[tokenizer.eos_token_id]} == {gguf.TokenType.CONTROL}
+    assert [t for t, kind in zip(tokens, types) if kind == gguf.TokenType.BYTE] == [f"<0x{i:02X}>" for i in range(256)]
+    scores = fields["tokenizer.ggml.scores"].contents()
+    merges = json.loads((folder / "tokenizer.json").read_text())["model"]["merges"]
+    made = ["".join(m) if isinstance(m, list) else m.replace(" ", "") for m in merges[:50]]
+    assert [scores[tokens.index(t)] for t in made] == [-float(r) for r in range(50)]  # earlier merge, higher score
+
+
 def test_a_tokenizer_llama_cpp_would_split_differently_is_refused(tmp_path):
     from conftest import tiny_tokenizer
 
@@ -396,11 +420,12 @@ def test_a_tokenizer_llama_cpp_would_split_differently_is_refused(tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.serve
-@pytest.mark.parametrize("form", TOKENIZER_FORMS)
+@pytest.mark.parametrize("form", TOKENIZER_FORMS + SENTENCEPIECE_FORMS)
 def test_llama_cpp_tokenizes_a_converted_tokenizer_like_transformers(form, tmp_path, monkeypatch):
     """llama.cpp reads the converted tokenizer and splits real text into the same tokens as transformers
-    (digits, contractions, whitespace runs, accents and CJK included); and the check can fail: the
-    Llama 3 tokenizer under Qwen2's pre-tokenizer name (digits one by one) gives other tokens."""
+    (digits, contractions, whitespace runs, accents and CJK, byte fallback included); and the check can
+    fail: the Llama 3 tokenizer under Qwen2's pre-tokenizer name (digits one by one), or a
+    SentencePiece-style one without its merge scores, gives other tokens."""
     import llama_cpp
     from conftest import tiny_tokenizer
 
@@ -416,13 +441,17 @@ def test_llama_cpp_tokenizes_a_converted_tokenizer_like_transformers(form, tmp_p
         llm = llama_cpp.Llama(str(gguf_file), vocab_only=True, verbose=False)
         return [llm.tokenize(t.encode(), add_bos=False, special=False) for t in texts]
 
-    assert tokens(path) == [tokenizer(t, add_special_tokens=False).input_ids for t in texts]
-    if form == "llama-bpe":
-        import hubprune.serving.gguf_vocab as gguf_vocab
+    expected = [tokenizer(t, add_special_tokens=False).input_ids for t in texts]
+    assert tokens(path) == expected
+    import hubprune.serving.gguf_vocab as gguf_vocab
 
+    if form == "llama-bpe":  # another pre-tokenizer
         monkeypatch.setattr(gguf_vocab, "pre_tokenizer_name", lambda tokenizer: "qwen2")
-        wrong = export(folder, "gguf", tmp_path / "wrong.gguf")
-        assert tokens(wrong) != [tokenizer(t, add_special_tokens=False).input_ids for t in texts]
+    elif form == "spm-metaspace":  # scores that do not follow the merges' ranks
+        monkeypatch.setattr(gguf_vocab, "_merge_scores", lambda tokens, merges: [0.0] * len(tokens))
+    else:
+        return
+    assert tokens(export(folder, "gguf", tmp_path / "wrong.gguf")) != expected
 
 
 @pytest.mark.slow
