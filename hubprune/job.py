@@ -68,8 +68,10 @@ class PruneJob:
         help="also write the result in serving engines' own formats, comma-separated: vllm (OUTPUT/vllm/, vLLM's "
              "DeciLM format; push: the repo's `vllm` branch) and gguf (OUTPUT/NAME-F32.gguf for llama.cpp; push: beside "
              "the weights). A method whose result no format carries is refused before pruning (docs/format.md)")
-    gguf_dtype: str = schema.setting("float32", choices=tuple(GGUF_DTYPES), group=SERVING,
-                                     help="weights dtype of the gguf export; norms stay float32")
+    gguf_dtype: str = schema.setting(
+        "float32", choices=tuple(GGUF_DTYPES), group=SERVING,
+        help="weights type of the gguf export; norms stay float32. q8_0: llama.cpp's 8-bit blocks of 32 (a matrix "
+             "whose rows are not whole blocks, e.g. an unaligned FFN width, stays float16)")
     trust_remote_code: bool = schema.setting(
         False, group=MODEL,
         help="let a model that ships its own Python code (auto_map) run it; read that code first. Never needed for "

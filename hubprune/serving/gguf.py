@@ -71,14 +71,12 @@ def _permute(weight, heads: int):
 def export_gguf(folder: Path, output: Path, *, dtype: str, tokenizer_gguf: Path | None = None) -> Path:
     """Write the hubprune output `folder` as one GGUF file `output` (written aside, then renamed)."""
     import gguf
-    import torch
     from safetensors import safe_open
 
     config = read_config(folder)
     layout = gguf_layout(config)
     hidden, heads = config["hidden_size"], config["num_attention_heads"]
     head_dim = config.get("head_dim") or hidden // heads
-    target_dtype = getattr(torch, dtype)
     tmp = output.with_name(f".{output.name}.tmp-{os.getpid()}")
     writer = gguf.GGUFWriter(tmp, gguf.MODEL_ARCH_NAMES[gguf.MODEL_ARCH.DECI])
     try:
@@ -97,7 +95,7 @@ def export_gguf(folder: Path, output: Path, *, dtype: str, tokenizer_gguf: Path 
         writer.add_layer_norm_rms_eps(float(config["rms_norm_eps"]))
         writer.add_vocab_size(config["vocab_size"])
         writer.add_file_type({"float32": gguf.LlamaFileType.ALL_F32, "float16": gguf.LlamaFileType.MOSTLY_F16,
-                              "bfloat16": gguf.LlamaFileType.MOSTLY_BF16}[dtype])
+                              "bfloat16": gguf.LlamaFileType.MOSTLY_BF16, "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0}[dtype])
         if tokenizer_gguf is not None:
             _copy_tokenizer(writer, Path(tokenizer_gguf))
         else:
@@ -112,10 +110,10 @@ def export_gguf(folder: Path, output: Path, *, dtype: str, tokenizer_gguf: Path 
                     elif name.endswith(("k_proj.weight", "k_proj.bias")):
                         layer = int(name.split(".")[2])
                         tensor = _permute(tensor, layout["kv_heads"][layer])
-                    _add(writer, names, name, tensor, target_dtype)
+                    _add(writer, names, name, tensor, dtype)
         for name, tensor in zero_attention(config, layout["blocks"]).items():
-            _add(writer, names, name, tensor, target_dtype)
-        _add_zero_ffns(writer, names, config, layout, target_dtype)
+            _add(writer, names, name, tensor, dtype)
+        _add_zero_ffns(writer, names, config, layout, dtype)
         writer.write_header_to_file()
         writer.write_kv_data_to_file()
         writer.write_tensors_to_file()
@@ -126,23 +124,32 @@ def export_gguf(folder: Path, output: Path, *, dtype: str, tokenizer_gguf: Path 
     return output
 
 
-def _add(writer, names, name: str, tensor, dtype) -> None:
-    """One tensor under its llama.cpp name; vectors (norms, biases) stay fp32, as llama.cpp expects."""
+Q8_0_BLOCK = 32  # values per Q8_0 block: a row must be a whole number of blocks
+
+
+def _add(writer, names, name: str, tensor, dtype: str) -> None:
+    """One tensor under its llama.cpp name, in `dtype` (a `GGUF_DTYPES` key). Vectors (norms, biases) stay
+    fp32, as llama.cpp expects; a q8_0 matrix whose rows are not whole blocks is written in float16, as
+    llama.cpp's own converter does."""
+    import gguf
     import numpy as np
     import torch
 
     gguf_name = names.get_name(name, try_suffixes=(".weight", ".bias"))
     if gguf_name is None:
         raise ExportError(f"no llama.cpp name for tensor {name}")
-    if tensor.ndim == 1 or dtype == torch.float32:
+    if dtype == "q8_0" and tensor.shape[-1] % Q8_0_BLOCK:
+        dtype = "float16"
+    if tensor.ndim == 1 or dtype == "float32":
         writer.add_tensor(gguf_name, tensor.numpy().astype(np.float32))
-    elif dtype == torch.float16:
+    elif dtype == "float16":
         writer.add_tensor(gguf_name, tensor.to(torch.float16).numpy())
-    else:  # bfloat16: numpy has no such type; the raw 16-bit words, tagged BF16
-        import gguf
-
+    elif dtype == "bfloat16":  # numpy has no such type: the raw 16-bit words, tagged BF16
         raw = tensor.to(torch.bfloat16).view(torch.int16).numpy()
         writer.add_tensor(gguf_name, raw, raw_dtype=gguf.GGMLQuantizationType.BF16)
+    else:  # q8_0: blocks of 32 int8 values with one fp16 scale, quantized by the gguf package
+        qtype = gguf.GGMLQuantizationType.Q8_0
+        writer.add_tensor(gguf_name, gguf.quants.quantize(tensor.numpy().astype(np.float32), qtype), raw_dtype=qtype)
 
 
 def _add_zero_ffns(writer, names, config: dict, layout: dict, dtype) -> None:
