@@ -316,7 +316,6 @@ def test_gguf_export_carries_per_block_heads_widths_weights_and_the_tokenizer(em
 
 @pytest.mark.parametrize(("change", "message"), [
     ({"model_type": "hubprune_phi3"}, "not phi3"),
-    ({"layer_types": ["sliding_attention"] * 2, "sliding_window": 16, "max_position_embeddings": 64}, "sliding-window"),
     ({"rope_parameters": {"rope_type": "llama3", "rope_theta": 5e5}}, "rope scaling 'llama3'"),
 ])
 def test_what_the_gguf_format_cannot_carry_is_refused(change, message):
@@ -324,6 +323,22 @@ def test_what_the_gguf_format_cannot_carry_is_refused(change, message):
 
     with pytest.raises(ExportError, match=message):
         gguf_layout(dense_config(**change))
+
+
+@pytest.mark.parametrize(("changes", "context"), [
+    ({"layer_types": ["full_attention", "sliding_attention"]}, 16),  # Qwen2-style: the sliding layers
+    ({"model_type": "mistral"}, 16),  # a stock Mistral (no layer_types): every layer slides
+    ({"layer_types": ["full_attention"] * 2}, 64),  # a window no layer uses
+    ({"model_type": "mistral", "sliding_window": 128}, 64),  # a window longer than the context
+])
+def test_a_gguf_of_sliding_window_layers_stops_its_context_at_the_window(changes, context):
+    """llama.cpp's deci graph has no sliding window; within the window full attention computes the same,
+    so the file's context length is the window."""
+    from hubprune.serving.gguf import gguf_layout
+
+    config = dense_config(sliding_window=16, max_position_embeddings=64)
+    config.update(changes)
+    assert gguf_layout(config)["context"] == context
 
 
 def test_a_gguf_export_replaces_only_a_file_hubprune_wrote(embedded_output, tmp_path, capsys):

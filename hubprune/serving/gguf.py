@@ -36,12 +36,13 @@ def gguf_layout(config: dict) -> dict:
         raise ExportError(f"rope scaling {rope.get('rope_type')!r} is not written to GGUF yet; {OTHER_FORMATS}")
     heads = config["num_attention_heads"]
     blocks = servable_blocks(config, "llama.cpp's deci architecture")
-    types = config.get("layer_types") or []
-    window = config.get("sliding_window")
-    if "sliding_attention" in types and window and window < config.get("max_position_embeddings", 0):
-        raise ExportError(f"this model has sliding-window layers, which llama.cpp's deci architecture does not "
-                          f"implement; {OTHER_FORMATS}")
+    context = config.get("max_position_embeddings", 2048)
+    window = sliding_window(config, family)
     return {
+        # llama.cpp's deci graph has no sliding window: within the window, full attention is the same thing,
+        # so the file's context length stops there.
+        "context": min(context, window) if window else context,
+        "sliding_window": window,
         "heads": [0 if b["attention"]["no_op"] else heads for b in blocks],
         "kv_heads": [0 if b["attention"]["no_op"] else b["attention"]["num_key_value_heads"] for b in blocks],
         # A block with attention and no MLP gets a one-neuron zero FFN (see the module docstring).
@@ -50,6 +51,17 @@ def gguf_layout(config: dict) -> dict:
         "family": family,
         "blocks": blocks,
     }
+
+
+def sliding_window(config: dict, family: str) -> int | None:
+    """The attention window of the layers that have one (None: none shorter than the context). Mistral
+    and Phi-3 slide on every layer when `sliding_window` is set; Qwen2 on its `sliding_attention` layers."""
+    window = config.get("sliding_window")
+    types = config.get("layer_types")
+    slides = "sliding_attention" in types if types else family in ("mistral", "phi3")
+    if slides and window and window < config.get("max_position_embeddings", 2048):
+        return int(window)
+    return None
 
 
 def is_hubprune_gguf(path: Path) -> bool:
@@ -83,7 +95,7 @@ def export_gguf(folder: Path, output: Path, *, dtype: str, tokenizer_gguf: Path 
         writer.add_name(folder.name)
         writer.add_string(MARKER_KEY, folder.name)
         writer.add_block_count(len(layout["ffn"]))
-        writer.add_context_length(config.get("max_position_embeddings", 2048))
+        writer.add_context_length(layout["context"])
         writer.add_embedding_length(hidden)
         writer.add_feed_forward_length(layout["ffn"])
         writer.add_head_count(layout["heads"])
