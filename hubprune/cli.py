@@ -197,7 +197,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "vllm: a folder in vLLM's DeciLM ('nemotron-nas') format, served by `vllm serve "
                                    "OUT --trust-remote-code` with no hubprune code (Llama, Mistral, Qwen2, Phi-3). "
                                    "gguf: one llama.cpp file, architecture deci (`llama-server -m OUT.gguf`; Llama, "
-                                   "Mistral and Qwen2 blocks; the tokenizer converted from tokenizer.json: byte-level "
+                                   "Mistral, Qwen2 and Phi-3 blocks; the tokenizer converted from tokenizer.json: byte-level "
                                    "BPE such as Llama 3's and Qwen2's, SentencePiece-style BPE such as Llama 2's). "
                                    "Not: "
                                    "value-pruned attention (FASP), sliced residuals (SliceGPT), OPT. Both give a first "

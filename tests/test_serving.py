@@ -315,7 +315,9 @@ def test_gguf_export_carries_per_block_heads_widths_weights_and_the_tokenizer(em
 
 
 @pytest.mark.parametrize(("change", "message"), [
-    ({"model_type": "hubprune_phi3"}, "not phi3"),
+    ({"model_type": "hubprune_opt"}, "not opt"),
+    ({"model_type": "hubprune_phi3", "rope_parameters": {"rope_type": "default", "partial_rotary_factor": 0.75}},
+     "partial_rotary_factor"),
     ({"rope_parameters": {"rope_type": "llama3", "rope_theta": 5e5}}, "rope scaling 'llama3'"),
 ])
 def test_what_the_gguf_format_cannot_carry_is_refused(change, message):
@@ -365,16 +367,39 @@ TOKENIZER_FORMS = ["gpt-2", "smollm", "llama-bpe", "qwen2"]
 SENTENCEPIECE_FORMS = ["spm-metaspace", "spm-prepend"]  # Llama 2 / Mistral style
 
 
-def tokenized_output(folder: Path, tokenizer) -> Path:
-    """A pruned tiny Llama whose vocabulary is `tokenizer`'s, saved with it."""
+def tokenized_output(folder: Path, tokenizer, family: str = "llama"):
+    """A pruned tiny model of `family` whose vocabulary is `tokenizer`'s, saved with it (a sliding window
+    as long as the context, so that all of it computes the same in llama.cpp); returns the folder (and the
+    model, with `family`)."""
     from hubprune.families import FAMILIES
 
-    config = FAMILIES["llama"].tiny_config()
+    config = FAMILIES[family].tiny_config()
     config.vocab_size = len(tokenizer) + 5  # rows the tokenizer does not use: padded as unused tokens
+    if getattr(config, "sliding_window", None):
+        config.sliding_window = config.max_position_embeddings
     torch.manual_seed(0)
     model = apply_plan(AutoModelForCausalLM.from_config(config).eval(), PLAN)
     save_model_folder(folder, model, tokenizer, plan=PLAN, record={"job": {"method": "manual"}})
-    return folder
+    return folder if family == "llama" else (folder, model)
+
+
+def test_a_phi3_gguf_splits_the_fused_projections(tmp_path):
+    """Phi-3's fused qkv_proj and gate_up_proj become llama.cpp's separate q/k/v and gate/up tensors,
+    q and k permuted to llama.cpp's RoPE layout like any other family's."""
+    import gguf
+    from conftest import tiny_tokenizer
+
+    from hubprune.serving.gguf import _permute
+
+    folder, model = tokenized_output(tmp_path / "out", tiny_tokenizer(300, "spm-metaspace"), "phi3")
+    export(folder, "gguf", tmp_path / "m.gguf")
+    tensors = {t.name: torch.from_numpy(t.data.copy()) for t in gguf.GGUFReader(tmp_path / "m.gguf").tensors}
+    source = model.state_dict()
+    qkv, gate_up = source["model.layers.0.self_attn.qkv_proj.weight"], source["model.layers.0.mlp.gate_up_proj.weight"]
+    assert torch.equal(tensors["blk.0.attn_q.weight"], _permute(qkv[:64], 4))
+    assert torch.equal(tensors["blk.0.attn_k.weight"], _permute(qkv[64:96], 2))
+    assert torch.equal(tensors["blk.0.attn_v.weight"], qkv[96:])
+    assert torch.equal(torch.cat([tensors["blk.0.ffn_gate.weight"], tensors["blk.0.ffn_up.weight"]]), gate_up)
 
 
 @pytest.mark.parametrize("form", TOKENIZER_FORMS)
@@ -485,6 +510,28 @@ def test_llama_cpp_tokenizes_a_converted_tokenizer_like_transformers(form, tmp_p
     else:
         return
     assert tokens(export(folder, "gguf", tmp_path / "wrong.gguf")) != expected
+
+
+@pytest.mark.slow
+@pytest.mark.serve
+@pytest.mark.parametrize("family", ["phi3", "qwen2", "mistral"])
+def test_llama_cpp_runs_each_family_with_the_log_probs_of_transformers(family, tmp_path):
+    """Tiny random models of the other families (Phi-3's fused projections, Qwen2's q/k/v biases,
+    Mistral), pruned by the same plan and converted with a SentencePiece-style tokenizer: llama.cpp's
+    prompt log-probs within 1e-3 of transformers (f32 weights and KV cache)."""
+    from conftest import tiny_tokenizer
+
+    from hubprune import embedded
+
+    llama_cpp = _llama_cpp()
+    tokenizer = tiny_tokenizer(300, "spm-metaspace")
+    folder, model = tokenized_output(tmp_path / "out", tokenizer, family)
+    path = export(folder, "gguf", tmp_path / "m.gguf")
+    llm = llama_cpp.Llama(str(path), n_ctx=256, logits_all=True, verbose=False, n_threads=2, seed=0,
+                          type_k=llama_cpp.GGML_TYPE_F32, type_v=llama_cpp.GGML_TYPE_F32)
+    for text in embedded.default_corpus("evaluation")[:3]:
+        ids = tokenizer(text).input_ids[:64]
+        assert _prompt_logprob_errors(llm, model, ids).max() < 1e-3
 
 
 @pytest.mark.slow

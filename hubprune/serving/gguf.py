@@ -19,21 +19,22 @@ from pathlib import Path
 from ..errors import ExportError
 from .blocks import OTHER_FORMATS, read_config, servable_blocks, zero_attention
 from .gguf_vocab import add_hf_tokenizer
-from .vllm import LLAMA_SHAPED
+from .vllm import LLAMA_SHAPED, phi3_heads, split_phi3
 
 MARKER_KEY = "hubprune.source"  # written into every export: only such a file is ever replaced
-_LLAMA_CPP_FAMILIES = tuple(f for f in LLAMA_SHAPED if f != "phi3")  # Phi-3's fused weights: not yet
 
 
 def gguf_layout(config: dict) -> dict:
     """Per-block head counts and FFN widths for llama.cpp, checked (one-line refusals)."""
     family = config["model_type"].removeprefix("hubprune_")
-    if family not in _LLAMA_CPP_FAMILIES:
-        raise ExportError(f"the gguf format is written for {', '.join(_LLAMA_CPP_FAMILIES)} outputs, not {family}; "
+    if family not in LLAMA_SHAPED:
+        raise ExportError(f"the gguf format is written for {', '.join(LLAMA_SHAPED)} outputs, not {family}; "
                           f"{OTHER_FORMATS}")
     rope = config.get("rope_parameters") or {}
     if rope.get("rope_type", "default") != "default":
         raise ExportError(f"rope scaling {rope.get('rope_type')!r} is not written to GGUF yet; {OTHER_FORMATS}")
+    if rope.get("partial_rotary_factor", config.get("partial_rotary_factor")) not in (None, 1, 1.0):
+        raise ExportError(f"RoPE on part of each head (partial_rotary_factor) is not written to GGUF yet; {OTHER_FORMATS}")
     heads = config["num_attention_heads"]
     blocks = servable_blocks(config, "llama.cpp's deci architecture")
     context = config.get("max_position_embeddings", 2048)
@@ -115,14 +116,16 @@ def export_gguf(folder: Path, output: Path, *, dtype: str, tokenizer_gguf: Path 
         names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.DECI, len(layout["ffn"]))
         for shard in sorted(folder.glob("*.safetensors")):
             with safe_open(shard, framework="pt") as reader:
-                for name in reader.keys():
-                    tensor = reader.get_tensor(name).float()
-                    if name.endswith(("q_proj.weight", "q_proj.bias")):
-                        tensor = _permute(tensor, heads)
-                    elif name.endswith(("k_proj.weight", "k_proj.bias")):
-                        layer = int(name.split(".")[2])
-                        tensor = _permute(tensor, layout["kv_heads"][layer])
-                    _add(writer, names, name, tensor, dtype)
+                for stored in reader.keys():
+                    tensors = {stored: reader.get_tensor(stored).float()}
+                    if layout["family"] == "phi3":  # fused projections, under Llama's names
+                        tensors = split_phi3(stored, tensors[stored], *phi3_heads(config))
+                    for name, tensor in tensors.items():
+                        if name.endswith(("q_proj.weight", "q_proj.bias")):
+                            tensor = _permute(tensor, heads)
+                        elif name.endswith(("k_proj.weight", "k_proj.bias")):
+                            tensor = _permute(tensor, layout["kv_heads"][int(name.split(".")[2])])
+                        _add(writer, names, name, tensor, dtype)
         for name, tensor in zero_attention(config, layout["blocks"]).items():
             _add(writer, names, name, tensor, dtype)
         _add_zero_ffns(writer, names, config, layout, dtype)

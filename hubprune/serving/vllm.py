@@ -121,33 +121,40 @@ def _add_zero_attention(target: Path, config: dict) -> None:
         index_file.write_text(json.dumps(index, indent=1) + "\n")
 
 
+def split_phi3(name: str, tensor, heads: int, head_dim: int) -> dict:
+    """One Phi-3 tensor under Llama's names: the fused `qkv_proj` into q/k/v, `gate_up_proj` into gate and
+    up (the gate rows come first), anything else as it is."""
+    if name.endswith("self_attn.qkv_proj.weight"):
+        rows = tensor.shape[0] - heads * head_dim  # k and v rows together
+        q, k, v = tensor.split([heads * head_dim, rows // 2, rows // 2])
+        return {name.replace("qkv_proj", part): value.contiguous()
+                for part, value in (("q_proj", q), ("k_proj", k), ("v_proj", v))}
+    if name.endswith("mlp.gate_up_proj.weight"):
+        gate, up = tensor.chunk(2)
+        return {name.replace("gate_up_proj", "gate_proj"): gate.contiguous(),
+                name.replace("gate_up_proj", "up_proj"): up.contiguous()}
+    return {name: tensor}
+
+
+def phi3_heads(config: dict) -> tuple[int, int]:
+    heads = config["num_attention_heads"]
+    return heads, config.get("head_dim") or config["hidden_size"] // heads
+
+
 def _split_phi3_weights(folder: Path, target: Path, config: dict) -> None:
     """Phi-3 fuses q/k/v into `qkv_proj` and gate/up into `gate_up_proj`; DeciLM reads them apart. One
     shard at a time, so memory holds one shard."""
     from safetensors import safe_open
     from safetensors.torch import save_file
 
-    heads = config["num_attention_heads"]
-    head_dim = config.get("head_dim") or config["hidden_size"] // heads
+    heads, head_dim = phi3_heads(config)
     index_file = folder / "model.safetensors.index.json"
-    shards = sorted(folder.glob("*.safetensors"))
     weight_map = {}
-    for shard in shards:
+    for shard in sorted(folder.glob("*.safetensors")):
         tensors = {}
         with safe_open(shard, framework="pt") as reader:
             for name in reader.keys():
-                tensor = reader.get_tensor(name)
-                if name.endswith("self_attn.qkv_proj.weight"):
-                    rows = tensor.shape[0] - heads * head_dim  # k and v rows together
-                    q, k, v = tensor.split([heads * head_dim, rows // 2, rows // 2])
-                    for part, value in (("q_proj", q), ("k_proj", k), ("v_proj", v)):
-                        tensors[name.replace("qkv_proj", part)] = value.contiguous()
-                elif name.endswith("mlp.gate_up_proj.weight"):
-                    gate, up = tensor.chunk(2)
-                    tensors[name.replace("gate_up_proj", "gate_proj")] = gate.contiguous()
-                    tensors[name.replace("gate_up_proj", "up_proj")] = up.contiguous()
-                else:
-                    tensors[name] = tensor
+                tensors.update(split_phi3(name, reader.get_tensor(name), heads, head_dim))
         save_file(tensors, target / shard.name, metadata={"format": "pt"})
         weight_map.update(dict.fromkeys(tensors, shard.name))
     if index_file.is_file():
