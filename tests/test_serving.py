@@ -318,7 +318,7 @@ def test_gguf_export_carries_per_block_heads_widths_weights_and_the_tokenizer(em
     ({"model_type": "hubprune_opt"}, "not opt"),
     ({"model_type": "hubprune_phi3", "rope_parameters": {"rope_type": "default", "partial_rotary_factor": 0.75}},
      "partial_rotary_factor"),
-    ({"rope_parameters": {"rope_type": "llama3", "rope_theta": 5e5}}, "rope scaling 'llama3'"),
+    ({"rope_parameters": {"rope_type": "yarn", "rope_theta": 5e5, "factor": 4.0}}, "rope scaling 'yarn'"),
 ])
 def test_what_the_gguf_format_cannot_carry_is_refused(change, message):
     from hubprune.serving.gguf import gguf_layout
@@ -367,20 +367,22 @@ TOKENIZER_FORMS = ["gpt-2", "smollm", "llama-bpe", "qwen2"]
 SENTENCEPIECE_FORMS = ["spm-metaspace", "spm-prepend"]  # Llama 2 / Mistral style
 
 
-def tokenized_output(folder: Path, tokenizer, family: str = "llama"):
+def tokenized_output(folder: Path, tokenizer, family: str = "llama", **changes):
     """A pruned tiny model of `family` whose vocabulary is `tokenizer`'s, saved with it (a sliding window
     as long as the context, so that all of it computes the same in llama.cpp); returns the folder (and the
-    model, with `family`)."""
+    model, with `family` or `changes` to the config)."""
     from hubprune.families import FAMILIES
 
     config = FAMILIES[family].tiny_config()
+    for key, value in changes.items():
+        setattr(config, key, value)
     config.vocab_size = len(tokenizer) + 5  # rows the tokenizer does not use: padded as unused tokens
     if getattr(config, "sliding_window", None):
         config.sliding_window = config.max_position_embeddings
     torch.manual_seed(0)
     model = apply_plan(AutoModelForCausalLM.from_config(config).eval(), PLAN)
     save_model_folder(folder, model, tokenizer, plan=PLAN, record={"job": {"method": "manual"}})
-    return folder if family == "llama" else (folder, model)
+    return folder if family == "llama" and not changes else (folder, model)
 
 
 def test_a_phi3_gguf_splits_the_fused_projections(tmp_path):
@@ -532,6 +534,39 @@ def test_llama_cpp_runs_each_family_with_the_log_probs_of_transformers(family, t
     for text in embedded.default_corpus("evaluation")[:3]:
         ids = tokenizer(text).input_ids[:64]
         assert _prompt_logprob_errors(llm, model, ids).max() < 1e-3
+
+
+LLAMA3_ROPE = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+               "original_max_position_embeddings": 32, "rope_theta": 10000.0}  # scaling that matters by token 64
+
+
+@pytest.mark.slow
+@pytest.mark.serve
+@pytest.mark.parametrize("rope", [LLAMA3_ROPE, {"rope_type": "linear", "factor": 2.0, "rope_theta": 10000.0}],
+                         ids=["llama3", "linear"])
+def test_llama_cpp_runs_scaled_rope_with_the_log_probs_of_transformers(rope, tmp_path, monkeypatch):
+    """RoPE scaling in the GGUF: Llama 3.1's `llama3` (per-frequency divisors in rope_freqs.weight) and
+    `linear`; llama.cpp's log-probs over 64 tokens match transformers', and without the scaling they do not."""
+    import hubprune.serving.gguf as gguf_export
+    from conftest import tiny_tokenizer
+
+    from hubprune import embedded
+
+    llama_cpp = _llama_cpp()
+    tokenizer = tiny_tokenizer(300)
+    folder, model = tokenized_output(tmp_path / "out", tokenizer, rope_parameters=dict(rope), max_position_embeddings=256)
+    ids = tokenizer(embedded.default_corpus("evaluation")[0]).input_ids[:64]
+
+    def errors(path):
+        llm = llama_cpp.Llama(str(path), n_ctx=128, logits_all=True, verbose=False, n_threads=2, seed=0,
+                              type_k=llama_cpp.GGML_TYPE_F32, type_v=llama_cpp.GGML_TYPE_F32)
+        return _prompt_logprob_errors(llm, model, ids).max()
+
+    scaled = errors(export(folder, "gguf", tmp_path / "m.gguf"))
+    plain = gguf_export._add_rope
+    monkeypatch.setattr(gguf_export, "_add_rope", lambda writer, rope, head_dim: plain(writer, {}, head_dim))
+    unscaled = errors(export(folder, "gguf", tmp_path / "plain.gguf"))
+    assert scaled < 1e-5 and unscaled > 1e-3  # measured: 1.7e-7 and 2.8e-3 to 3.1e-3 (a random model's flat attention)
 
 
 @pytest.mark.slow

@@ -22,6 +22,7 @@ from .gguf_vocab import add_hf_tokenizer
 from .vllm import LLAMA_SHAPED, phi3_heads, split_phi3
 
 MARKER_KEY = "hubprune.source"  # written into every export: only such a file is ever replaced
+ROPE_TYPES = ("default", "linear", "llama3")  # RoPE variants written (llama3: Llama 3.1 and later)
 
 
 def gguf_layout(config: dict) -> dict:
@@ -31,8 +32,9 @@ def gguf_layout(config: dict) -> dict:
         raise ExportError(f"the gguf format is written for {', '.join(LLAMA_SHAPED)} outputs, not {family}; "
                           f"{OTHER_FORMATS}")
     rope = config.get("rope_parameters") or {}
-    if rope.get("rope_type", "default") != "default":
-        raise ExportError(f"rope scaling {rope.get('rope_type')!r} is not written to GGUF yet; {OTHER_FORMATS}")
+    if rope.get("rope_type", "default") not in ROPE_TYPES:
+        raise ExportError(f"rope scaling {rope.get('rope_type')!r} is not written to GGUF yet (only "
+                          f"{', '.join(ROPE_TYPES[1:])}); {OTHER_FORMATS}")
     if rope.get("partial_rotary_factor", config.get("partial_rotary_factor")) not in (None, 1, 1.0):
         raise ExportError(f"RoPE on part of each head (partial_rotary_factor) is not written to GGUF yet; {OTHER_FORMATS}")
     heads = config["num_attention_heads"]
@@ -104,7 +106,7 @@ def export_gguf(folder: Path, output: Path, *, dtype: str, tokenizer_gguf: Path 
         writer.add_key_length(head_dim)
         writer.add_value_length(head_dim)
         writer.add_rope_dimension_count(head_dim)
-        writer.add_rope_freq_base(float((config.get("rope_parameters") or {}).get("rope_theta", 10000.0)))
+        _add_rope(writer, config.get("rope_parameters") or {}, head_dim)
         writer.add_layer_norm_rms_eps(float(config["rms_norm_eps"]))
         writer.add_vocab_size(config["vocab_size"])
         writer.add_file_type({"float32": gguf.LlamaFileType.ALL_F32, "float16": gguf.LlamaFileType.MOSTLY_F16,
@@ -140,6 +142,39 @@ def export_gguf(folder: Path, output: Path, *, dtype: str, tokenizer_gguf: Path 
 
 
 Q8_0_BLOCK = 32  # values per Q8_0 block: a row must be a whole number of blocks
+
+
+def _add_rope(writer, rope: dict, head_dim: int) -> None:
+    """The RoPE base and scaling: `linear` as llama.cpp's frequency scale; `llama3` as the per-frequency
+    divisors llama.cpp reads from `rope_freqs.weight` (transformers' llama3 frequencies over the plain ones)."""
+    import gguf
+    import numpy as np
+
+    base = float(rope.get("rope_theta", 10000.0))
+    writer.add_rope_freq_base(base)
+    kind = rope.get("rope_type", "default")
+    if kind == "linear":
+        writer.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
+        writer.add_rope_scaling_factor(float(rope["factor"]))
+    elif kind == "llama3":
+        writer.add_tensor(gguf.TENSOR_NAMES[gguf.MODEL_TENSOR.ROPE_FREQS] + ".weight",
+                          llama3_rope_divisors(rope, base, head_dim).astype(np.float32))
+
+
+def llama3_rope_divisors(rope: dict, base: float, head_dim: int):
+    """Per frequency, plain / llama3-scaled inverse frequency (1 for high frequencies, `factor` for low
+    ones, a smooth blend between), as transformers' `_compute_llama3_parameters` scales them."""
+    import numpy as np
+
+    inv_freq = 1.0 / base ** (np.arange(0, head_dim, 2, dtype=np.float64) / head_dim)
+    factor, low, high = rope["factor"], rope.get("low_freq_factor", 1.0), rope.get("high_freq_factor", 4.0)
+    old_context = rope["original_max_position_embeddings"]
+    wavelen = 2 * np.pi / inv_freq
+    smooth = (old_context / wavelen - low) / (high - low)
+    scaled = np.where(wavelen > old_context / low, inv_freq / factor, inv_freq)
+    blended = (1 - smooth) * scaled / factor + smooth * scaled
+    medium = (wavelen >= old_context / high) & (wavelen <= old_context / low)
+    return inv_freq / np.where(medium, blended, scaled)
 
 
 def _add(writer, names, name: str, tensor, dtype: str) -> None:
