@@ -197,11 +197,10 @@ def build_parser() -> argparse.ArgumentParser:
                                    "vllm: a folder in vLLM's DeciLM ('nemotron-nas') format, served by `vllm serve "
                                    "OUT --trust-remote-code` with no hubprune code (Llama, Mistral, Qwen2, Phi-3). "
                                    "gguf: one llama.cpp file, architecture deci (`llama-server -m OUT.gguf`; Llama, "
-                                   "Mistral, Qwen2 and Phi-3 blocks; the tokenizer converted from tokenizer.json: byte-level "
-                                   "BPE such as Llama 3's and Qwen2's, SentencePiece-style BPE such as Llama 2's). "
-                                   "Not: "
-                                   "value-pruned attention (FASP), sliced residuals (SliceGPT), OPT. Both give a first "
-                                   "block without attention a zero attention.")
+                                   "Mistral, Qwen2 and Phi-3 blocks; the tokenizer converted from tokenizer.json: "
+                                   "byte-level BPE such as Llama 3's and Qwen2's, SentencePiece-style BPE such as "
+                                   "Llama 2's). Not: value-pruned attention (FASP), sliced residuals (SliceGPT), OPT. "
+                                   "Both give a first block without attention a zero attention.")
     x.add_argument("folder", metavar="DIR", help="a hubprune output folder")
     x.add_argument("--format", required=True, choices=FORMATS, help="the target format")
     x.add_argument("--output", "-o", required=True, help="the exported folder (vllm) or file (gguf: *.gguf)")
@@ -367,7 +366,8 @@ def _push(args: argparse.Namespace) -> None:
         results = [push(args.model, args.method, repo_id=args.repo_id, token=args.token, dry_run=args.dry_run,
                         overwrite=args.overwrite, announce=_announce, output=args.output, **publishing, **fields)]
     for result in results:
-        for p, folder in [(result.published, result.folder), *((e, result.folder / VLLM_FOLDER) for e in result.exports)]:
+        branches = [(result.published, result.folder), *((e, result.folder / VLLM_FOLDER) for e in result.exports)]
+        for p, folder in branches:
             if p.dry_run:
                 print(f"dry run: would upload {len(p.files)} files from {folder} to {p.url} (branch {p.revision}):")
                 print("\n".join(f"  {f}" for f in p.files))

@@ -36,7 +36,8 @@ def gguf_layout(config: dict) -> dict:
         raise ExportError(f"rope scaling {rope.get('rope_type')!r} is not written to GGUF yet (only "
                           f"{', '.join(ROPE_TYPES[1:])}); {OTHER_FORMATS}")
     if rope.get("partial_rotary_factor", config.get("partial_rotary_factor")) not in (None, 1, 1.0):
-        raise ExportError(f"RoPE on part of each head (partial_rotary_factor) is not written to GGUF yet; {OTHER_FORMATS}")
+        raise ExportError("RoPE on part of each head (partial_rotary_factor) is not written to GGUF yet; "
+                          f"{OTHER_FORMATS}")
     heads = config["num_attention_heads"]
     blocks = servable_blocks(config, "llama.cpp's deci architecture")
     context = config.get("max_position_embeddings", 2048)
@@ -45,7 +46,6 @@ def gguf_layout(config: dict) -> dict:
         # llama.cpp's deci graph has no sliding window: within the window, full attention is the same thing,
         # so the file's context length stops there.
         "context": min(context, window) if window else context,
-        "sliding_window": window,
         "heads": [0 if b["attention"]["no_op"] else heads for b in blocks],
         "kv_heads": [0 if b["attention"]["no_op"] else b["attention"]["num_key_value_heads"] for b in blocks],
         # A block with attention and no MLP gets a one-neuron zero FFN (see the module docstring).
