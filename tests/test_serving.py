@@ -600,15 +600,20 @@ def _llama_cpp():
     return llama_cpp
 
 
-def _prompt_logprob_errors(llm, model, ids: list[int]) -> torch.Tensor:
-    """|llama.cpp - transformers| of the log-prob of each prompt token after the first."""
+def _prompt_logprobs(llm, model, ids: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """llama.cpp's and transformers' log-prob of each prompt token after the first (fp64)."""
     llm.reset()
     llm.eval(ids)
     served = torch.log_softmax(torch.tensor(llm.scores[:len(ids) - 1], dtype=torch.float64), dim=-1)
     with torch.no_grad():
         expected = torch.log_softmax(model(torch.tensor([ids])).logits[0, :-1].double(), dim=-1)
     picked = torch.tensor(ids[1:])[:, None]
-    return (served.gather(1, picked) - expected.gather(1, picked)).abs()
+    return served.gather(1, picked)[:, 0], expected.gather(1, picked)[:, 0]
+
+
+def _prompt_logprob_errors(llm, model, ids: list[int]) -> torch.Tensor:
+    served, expected = _prompt_logprobs(llm, model, ids)
+    return (served - expected).abs()
 
 
 @pytest.mark.slow
@@ -637,13 +642,8 @@ def test_llama_cpp_runs_the_q8_0_gguf_like_transformers_with_the_same_8_bit_weig
                 values = gguf.quants.dequantize(gguf.quants.quantize(param.numpy(), q8_0), q8_0)
                 param.copy_(torch.from_numpy(values.reshape(param.shape)))
     ids = embedded_tokenizer("\n\n".join(load_corpus("default").texts)).input_ids[:256]
-    llm = llama_cpp.Llama(str(path), n_ctx=300, n_batch=300, logits_all=True, verbose=False, n_threads=2, seed=0,
+    llm = llama_cpp.Llama(str(path), n_ctx=300, logits_all=True, verbose=False, n_threads=2, seed=0,
                           type_k=llama_cpp.GGML_TYPE_F32, type_v=llama_cpp.GGML_TYPE_F32)
-    llm.reset()
-    llm.eval(ids)
-    served = torch.log_softmax(torch.tensor(llm.scores[:len(ids) - 1], dtype=torch.float64), dim=-1)
-    with torch.no_grad():
-        expected = torch.log_softmax(rounded(torch.tensor([ids])).logits[0, :-1].double(), dim=-1)
-    picked = torch.tensor(ids[1:])[:, None]
-    ratio = math.exp(float(expected.gather(1, picked).mean() - served.gather(1, picked).mean()))
+    served, expected = _prompt_logprobs(llm, rounded, ids)
+    ratio = math.exp(float(expected.mean() - served.mean()))
     assert abs(ratio - 1) < 0.03, f"llama.cpp q8_0 perplexity / transformers' with the same weights: {ratio:.4f}"
