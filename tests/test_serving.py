@@ -191,6 +191,8 @@ def test_prune_refuses_an_export_the_source_model_rules_out_before_pruning(confi
 
 def test_prune_writes_its_exports_into_the_output(embedded_output, tmp_path):
     """`--export vllm,gguf`: the vllm folder and the GGUF file inside the output, written with it."""
+    import gguf
+
     import hubprune
     from hubprune.serving import exports_in
 
@@ -201,7 +203,10 @@ def test_prune_writes_its_exports_into_the_output(embedded_output, tmp_path):
     assert exports_in(out) == {"vllm": "vllm", "gguf": ["served-F16.gguf"]}
     assert json.loads((out / "hubprune.json").read_text())["job"]["export"] == ["vllm", "gguf"]
     assert json.loads((out / "vllm" / "config.json").read_text())["model_type"] == "nemotron-nas"
+    record = json.loads((out / "vllm" / "hubprune.json").read_text())["export"]  # the names once in place
+    assert record == {"format": "vllm", "from": "served", "serve": "vllm serve served/vllm --trust-remote-code"}
     assert not list((out / "vllm").glob("*.gguf"))  # the vllm folder carries its own files only
+    assert gguf.GGUFReader(out / "served-F16.gguf").fields["general.name"].contents() == "served"
 
 
 # -- the real engine (make test-serve) -------------------------------------------------------------------

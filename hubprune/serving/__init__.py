@@ -46,7 +46,7 @@ def export(folder: str | Path, fmt: str, output: str | Path, *, overwrite: bool 
             raise OutputExistsError(f"{output} exists; pass --overwrite to replace it")
         if output.exists() and not (output.is_file() and is_hubprune_gguf(output)):
             raise OutputExistsError(f"{output} exists and is not a GGUF file hubprune wrote; it is never replaced")
-        return _write_gguf(folder, output, gguf_dtype)
+        return _write_gguf(folder, output, gguf_dtype, folder.name)
     raise InvalidOptionError(f"--format {fmt!r}: choose {', '.join(FORMATS)}")
 
 
@@ -133,12 +133,12 @@ def write_exports(folder: Path, formats: list[str], output_name: str, gguf_dtype
     if "vllm" in formats:
         from .vllm import write_vllm
 
-        write_vllm(folder, folder / VLLM_FOLDER)
+        write_vllm(folder, folder / VLLM_FOLDER, name=f"{output_name}/{VLLM_FOLDER}", source=output_name)
     if "gguf" in formats:
-        _write_gguf(folder, folder / gguf_name(output_name, gguf_dtype), gguf_dtype)
+        _write_gguf(folder, folder / gguf_name(output_name, gguf_dtype), gguf_dtype, output_name)
 
 
-def _write_gguf(folder: Path, output: Path, gguf_dtype: str) -> Path:
+def _write_gguf(folder: Path, output: Path, gguf_dtype: str, name: str) -> Path:
     """The embedded model's outputs take the tokenizer of its GGUF file; others convert tokenizer.json."""
     from .. import embedded
     from .blocks import hubprune_record
@@ -146,4 +146,4 @@ def _write_gguf(folder: Path, output: Path, gguf_dtype: str) -> Path:
 
     record = hubprune_record(folder)
     source = embedded.default_model_gguf() if record.get("source", {}).get("reference") == embedded.DEFAULT_MODEL else None
-    return export_gguf(folder, output, dtype=gguf_dtype, tokenizer_gguf=source)
+    return export_gguf(folder, output, dtype=gguf_dtype, name=name, tokenizer_gguf=source)

@@ -83,8 +83,9 @@ def _permute(weight, heads: int):
             .swapaxes(1, 2).reshape(weight.shape))
 
 
-def export_gguf(folder: Path, output: Path, *, dtype: str, tokenizer_gguf: Path | None = None) -> Path:
-    """Write the hubprune output `folder` as one GGUF file `output` (written aside, then renamed)."""
+def export_gguf(folder: Path, output: Path, *, dtype: str, name: str, tokenizer_gguf: Path | None = None) -> Path:
+    """Write the hubprune output `folder`, called `name` once in place, as one GGUF file `output` (written
+    aside, then renamed)."""
     import gguf
     from safetensors import safe_open
 
@@ -95,8 +96,8 @@ def export_gguf(folder: Path, output: Path, *, dtype: str, tokenizer_gguf: Path 
     tmp = output.with_name(f".{output.name}.tmp-{os.getpid()}")
     writer = gguf.GGUFWriter(tmp, gguf.MODEL_ARCH_NAMES[gguf.MODEL_ARCH.DECI])
     try:
-        writer.add_name(folder.name)
-        writer.add_string(MARKER_KEY, folder.name)
+        writer.add_name(name)
+        writer.add_string(MARKER_KEY, name)
         writer.add_block_count(len(layout["ffn"]))
         writer.add_context_length(layout["context"])
         writer.add_embedding_length(hidden)

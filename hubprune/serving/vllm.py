@@ -80,12 +80,13 @@ def export_vllm(folder: Path, output: Path, *, overwrite: bool = False) -> Path:
     with OutputLock(output):
         recover(output)
         with atomic_folder(output, overwrite) as tmp:
-            write_vllm(folder, tmp, name=output.name)
+            write_vllm(folder, tmp, name=output.name, source=folder.name)
     return output
 
 
-def write_vllm(folder: Path, target: Path, name: str | None = None) -> None:
-    """The vLLM export of `folder` into the folder `target` (created); `name`: what it will be called."""
+def write_vllm(folder: Path, target: Path, *, name: str, source: str) -> None:
+    """The vLLM export of `folder` into the folder `target` (created); `name` and `source`: what the export
+    and the output it comes from will be called once in place (the record says how to serve it)."""
     record = hubprune_record(folder)
     config = read_config(folder)
     decilm = decilm_config(config)
@@ -99,8 +100,7 @@ def write_vllm(folder: Path, target: Path, name: str | None = None) -> None:
                 and not (target / path.name).exists()):
             shutil.copy(path, target / path.name)
     _add_zero_attention(target, config)
-    record["export"] = {"format": "vllm", "from": folder.name,
-                        "serve": f"vllm serve {name or target.name} --trust-remote-code"}
+    record["export"] = {"format": "vllm", "from": source, "serve": f"vllm serve {name} --trust-remote-code"}
     (target / RECORD_FILENAME).write_text(json.dumps(record, indent=1) + "\n")
 
 
