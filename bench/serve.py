@@ -36,6 +36,7 @@ from hubprune.data import load_corpus
 from hubprune.plan import PrunePlan
 
 ROOT = Path(__file__).resolve().parent.parent
+ENGINE_OF = {"vllm": "vllm", "gguf": "llama_cpp"}  # export format -> the engine that runs it (--skip's names)
 
 # Runs in vLLM's own environment: timed prefill and generation jobs, as JSON on the last line.
 VLLM_SCRIPT = """\
@@ -154,8 +155,7 @@ def main() -> None:
             folder = Path(tmp) / name.replace(" ", "-")
             result = hubprune.prune(args.model, method, sparsity=sparsity, output=folder, options=options,
                                     device=args.device, dtype="float32", seq_len=args.calib_seq_len,
-                                    export=[f for f in ("vllm", "gguf") if {"vllm": "vllm", "gguf": "llama_cpp"}[f]
-                                            not in skip])
+                                    export=[fmt for fmt, engine in ENGINE_OF.items() if engine not in skip])
             folders[name] = folder
             results["models"][name] = {"sparsity_achieved": result.record["sparsity"]["achieved"],
                                        "parameters": result.record["parameters"]["pruned"]["total"]}

@@ -118,7 +118,8 @@ def _prune(job: PruneJob, *, token: str | None, loaded: LoadedModel | None) -> P
                             output=output, offload=job.offload, check=check, trust_remote_code=job.trust_remote_code,
                             working_memory=lambda config, dtype: method_impl.working_memory(
                                 config, dtype.itemsize, seq_len, sparsity, options))
-    check_source(job.export, loaded.model.config.to_dict())
+    else:  # a caller's model: its config was not checked on the way in
+        check_source(job.export, loaded.model.config.to_dict())
     check_tokenizer(job.export, loaded.tokenizer, model)
     dense = loaded.model
     settings = job.eval_settings()
@@ -194,8 +195,7 @@ def _prune(job: PruneJob, *, token: str | None, loaded: LoadedModel | None) -> P
             with atomic_folder(output, overwrite) as folder:
                 save_model_folder(folder, pruned, loaded.tokenizer, plan=bound.plan, record=record,
                                   max_shard_size=shard_size)
-                _save_results(folder, record)
-                write_exports(folder, job.export, output.name, job.gguf_dtype)
+                _save_results_and_exports(folder, record, job)
         else:
             with atomic_folder(output, overwrite) as folder:
                 started = time.perf_counter()
@@ -204,8 +204,7 @@ def _prune(job: PruneJob, *, token: str | None, loaded: LoadedModel | None) -> P
                 pruned_loaded.model.config.hubprune = summary
                 pruned_loaded.model.config.save_pretrained(folder)
                 save_companions(folder, pruned_loaded.model.config, loaded.tokenizer, plan=bound.plan, record=record)
-                _save_results(folder, record)
-                write_exports(folder, job.export, output.name, job.gguf_dtype)
+                _save_results_and_exports(folder, record, job)
     return PruneResult(output, public(record), pruned)
 
 
@@ -220,9 +219,11 @@ def prepare_calibration(need: Calibration, loaded: LoadedModel, seq_len: int, se
     return calibration_windows(loaded.tokenizer, corpus, need.seq_len or seq_len, need.count, seed)
 
 
-def _save_results(folder: Path, record: dict) -> None:
+def _save_results_and_exports(folder: Path, record: dict, job: PruneJob) -> None:
+    """What follows the model files in the output being written: results.json and the serving exports."""
     if record["evaluation"]:
         write_json(folder / RESULTS_FILENAME, public(record["evaluation"]))
+    write_exports(folder, job.export, Path(job.output).name, job.gguf_dtype)
 
 
 def _in_memory(model, like: LoadedModel) -> LoadedModel:

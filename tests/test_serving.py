@@ -385,8 +385,7 @@ SENTENCEPIECE_FORMS = ["spm-metaspace", "spm-prepend"]  # Llama 2 / Mistral styl
 
 def tokenized_output(folder: Path, tokenizer, family: str = "llama", **changes):
     """A pruned tiny model of `family` whose vocabulary is `tokenizer`'s, saved with it (a sliding window
-    as long as the context, so that all of it computes the same in llama.cpp); returns the folder (and the
-    model, with `family` or `changes` to the config)."""
+    as long as the context, so that all of it computes the same in llama.cpp): the folder and the model."""
     from hubprune.families import FAMILIES
 
     config = FAMILIES[family].tiny_config()
@@ -398,7 +397,7 @@ def tokenized_output(folder: Path, tokenizer, family: str = "llama", **changes):
     torch.manual_seed(0)
     model = apply_plan(AutoModelForCausalLM.from_config(config).eval(), PLAN)
     save_model_folder(folder, model, tokenizer, plan=PLAN, record={"job": {"method": "manual"}})
-    return folder if family == "llama" and not changes else (folder, model)
+    return folder, model
 
 
 def test_a_phi3_gguf_splits_the_fused_projections(tmp_path):
@@ -428,7 +427,7 @@ def test_gguf_export_converts_a_byte_level_bpe_tokenizer(form, tmp_path):
     from conftest import tiny_tokenizer
 
     tokenizer = tiny_tokenizer(400, form)
-    folder = tokenized_output(tmp_path / "out", tokenizer)
+    folder, _ = tokenized_output(tmp_path / "out", tokenizer)
     export(folder, "gguf", tmp_path / "m.gguf")
     fields = gguf.GGUFReader(tmp_path / "m.gguf").fields
     assert fields["tokenizer.ggml.model"].contents() == "gpt2" and fields["tokenizer.ggml.pre"].contents() == form
@@ -453,7 +452,7 @@ def test_gguf_export_converts_a_sentencepiece_style_tokenizer(form, tmp_path):
     from conftest import tiny_tokenizer
 
     tokenizer = tiny_tokenizer(600, form)
-    folder = tokenized_output(tmp_path / "out", tokenizer)
+    folder, _ = tokenized_output(tmp_path / "out", tokenizer)
     export(folder, "gguf", tmp_path / "m.gguf")
     fields = gguf.GGUFReader(tmp_path / "m.gguf").fields
     assert fields["tokenizer.ggml.model"].contents() == "llama" and fields["tokenizer.ggml.add_space_prefix"].contents()
@@ -474,7 +473,7 @@ def test_gguf_q8_0_quantizes_whole_blocks_and_keeps_the_rest_in_float16(tmp_path
     import gguf
     from conftest import tiny_tokenizer
 
-    folder = tokenized_output(tmp_path / "out", tiny_tokenizer(300))
+    folder, _ = tokenized_output(tmp_path / "out", tiny_tokenizer(300))
     export(folder, "gguf", tmp_path / "m.gguf", gguf_dtype="q8_0")
     tensors = {t.name: t for t in gguf.GGUFReader(tmp_path / "m.gguf").tensors}
     kinds = {name: t.tensor_type for name, t in tensors.items()}
@@ -489,7 +488,7 @@ def test_gguf_q8_0_quantizes_whole_blocks_and_keeps_the_rest_in_float16(tmp_path
 def test_a_tokenizer_llama_cpp_would_split_differently_is_refused(tmp_path):
     from conftest import tiny_tokenizer
 
-    folder = tokenized_output(tmp_path / "out", tiny_tokenizer(300, "whitespace"))
+    folder, _ = tokenized_output(tmp_path / "out", tiny_tokenizer(300, "whitespace"))
     with pytest.raises(ExportError, match="pre-tokenizer is not one"):
         export(folder, "gguf", tmp_path / "m.gguf")
 
@@ -508,7 +507,7 @@ def test_llama_cpp_tokenizes_a_converted_tokenizer_like_transformers(form, tmp_p
     from hubprune import embedded
 
     tokenizer = tiny_tokenizer(2000, form)
-    folder = tokenized_output(tmp_path / "out", tokenizer)
+    folder, _ = tokenized_output(tmp_path / "out", tokenizer)
     path = export(folder, "gguf", tmp_path / "m.gguf")
     texts = embedded.default_corpus("evaluation")[:40] + [
         "It's 2024: 12345 apples, 7 pears.\n\n\tDon't  stop   now!", "naïve café — ünïcödé, 日本語のテキスト 42"]

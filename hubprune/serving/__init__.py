@@ -117,7 +117,7 @@ def check_tokenizer(formats: list[str], tokenizer, reference: str) -> None:
     (the embedded model's comes from its own GGUF file)."""
     from ..embedded import DEFAULT_MODEL
     from ..errors import ExportError
-    from .gguf_vocab import check_tokenizer as check_tokenizer_json
+    from .gguf_vocab import tokenizer_kind
 
     if "gguf" not in formats or reference == DEFAULT_MODEL:
         return
@@ -125,7 +125,7 @@ def check_tokenizer(formats: list[str], tokenizer, reference: str) -> None:
     if backend is None:
         raise ExportError("the gguf export converts the model's tokenizer, and this model has no fast (tokenizers) "
                           "tokenizer")
-    check_tokenizer_json(json.loads(backend.to_str()))
+    tokenizer_kind(json.loads(backend.to_str()))  # refuses what would not convert
 
 
 def write_exports(folder: Path, formats: list[str], output_name: str, gguf_dtype: str) -> None:

@@ -77,7 +77,7 @@ def space_prefix(tokenizer: dict) -> bool | None:
     return None
 
 
-def check_tokenizer(tokenizer: dict) -> str:
+def tokenizer_kind(tokenizer: dict) -> str:
     """The kind of a tokenizer.json llama.cpp reads the same way ("bpe" or "spm"), or a one-line refusal."""
     model = tokenizer.get("model") or {}
     if model.get("type") == "BPE" and model.get("byte_fallback"):
@@ -106,7 +106,7 @@ def add_hf_tokenizer(writer, folder: Path, vocab_size: int) -> None:
     import gguf
 
     tokenizer = read_tokenizer(folder)
-    kind = check_tokenizer(tokenizer)
+    kind = tokenizer_kind(tokenizer)
     model = tokenizer["model"]
     added = {t["id"]: t for t in tokenizer.get("added_tokens") or []}
     by_id = {i: text for text, i in model["vocab"].items()}
