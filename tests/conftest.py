@@ -2,7 +2,9 @@
 embedded real model (SmolLM2-135M, converted once into the hubprune cache)."""
 from __future__ import annotations
 
+import json
 import os
+from pathlib import Path
 
 # Before anything imports huggingface_hub: uploads to the local test Hub go through the LFS protocol
 # (Xet needs a storage service the local server does not emulate). Tests never talk to the real Hub.
@@ -18,16 +20,60 @@ from hubprune.families import FAMILIES as REGISTERED_FAMILIES  # noqa: E402
 # q/k/v biases and mixed sliding/full layers, Mistral and Phi-3 sliding window, Phi-3 fused projections,
 # tied and untied embeddings, OPT's learned positions, LayerNorms, biases and ReLU MLP.
 TINY_CONFIGS = {name: family.tiny_config for name, family in REGISTERED_FAMILIES.items()}
-FAMILIES = sorted(TINY_CONFIGS)
+
+
+CONFIGS = Path(__file__).parent / "configs"
+# Published config.json files of real models (tests/configs/README.md says where each comes from).
+REAL_CONFIGS = {"llama3": "llama-3.2-1b.json", "qwen3": "qwen3-0.6b.json", "gemma3_text": "gemma-3-270m.json",
+                "olmo2": "olmo-2-0425-1b.json", "smollm3": "smollm3-3b.json"}
+
+
+def shaped_config(file: str, layers: int = 6):
+    """A real model's published config shrunk to a tiny model: width 64, 4 heads of 16 (the KV heads in the
+    published ratio), FFN 96, its first `layers` layers (with their attention types and RoPE pattern), a
+    window of 8 tokens and a vocabulary of 128; every other setting (norms, RoPE type and scaling, tying,
+    attention scalars) as published."""
+    from transformers import AutoConfig
+
+    data = json.loads((CONFIGS / file).read_text())
+    kv_ratio = data["num_attention_heads"] // data.get("num_key_value_heads", data["num_attention_heads"])
+    data.update(hidden_size=64, num_attention_heads=4, num_key_value_heads=max(1, 4 // kv_ratio), head_dim=16,
+                intermediate_size=96, num_hidden_layers=layers, vocab_size=128, pad_token_id=0, bos_token_id=1,
+                eos_token_id=2)
+    for key in ("layer_types", "no_rope_layers"):
+        if key in data:
+            data[key] = data[key][:layers]
+    if data.get("max_window_layers"):
+        data["max_window_layers"] = min(data["max_window_layers"], layers)
+    if data.get("sliding_window"):
+        data["sliding_window"] = 8
+    for key in ("architectures", "torch_dtype", "transformers_version"):
+        data.pop(key, None)
+    return AutoConfig.for_model(**data)
+
+
+# Llama 3.x is not a family of its own: the Llama family with `llama3` RoPE scaling and tied embeddings.
+TINY_CONFIGS["llama3"] = lambda: shaped_config(REAL_CONFIGS["llama3"])
+FAMILIES = sorted(TINY_CONFIGS)  # every tiny model the format matrix runs
+# The method matrix (`method_outputs`) prunes the real-config-shaped model where the family has one.
+MATRIX_CONFIGS = {name: (lambda file=REAL_CONFIGS[name]: shaped_config(file)) if name in REAL_CONFIGS else make
+                  for name, make in TINY_CONFIGS.items()}
+
+
+def model_type(name: str) -> str:
+    """The model_type of a tiny model of `TINY_CONFIGS`."""
+    return TINY_CONFIGS[name]().model_type
 
 
 def tiny_model(family: str, seed: int = 0):
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(TINY_CONFIGS[family](), attn_implementation="sdpa").eval()
-    with torch.no_grad():  # biases are zero-initialised: make them matter
+    with torch.no_grad():  # biases and norm weights start as constants: make them matter
         for name, param in model.named_parameters():
             if name.endswith("bias"):
                 param.normal_(0, 0.5)
+            elif "norm" in name:
+                param.add_(torch.randn_like(param), alpha=0.2)
     return model
 
 
@@ -111,12 +157,17 @@ def _sentencepiece_style(vocab_size: int, form: str, texts: list[str]):
 
 
 def calibratable_model(folder, *, layers=6, hidden=64, ffn=128, shard="50KB", config_class=LlamaConfig,
-                       tokenizer_form="gpt-2"):
-    """A random model (Llama by default) with a real (tiny) tokenizer, saved in many small shards."""
+                       tokenizer_form="gpt-2", family: str | None = None):
+    """A random model (Llama by default) with a real (tiny) tokenizer, saved in many small shards. With
+    `family` (a name of MATRIX_CONFIGS), that tiny model's config with the tokenizer's vocabulary: its own
+    shape and settings (layer types, norms, RoPE) are kept."""
     tokenizer = tiny_tokenizer(form=tokenizer_form)
     shape = dict(vocab_size=len(tokenizer), hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=4,
                  pad_token_id=tokenizer.pad_token_id, bos_token_id=1, eos_token_id=2)
-    if config_class is OPTConfig:  # multi-head only; its own name for the FFN width
+    if family is not None:
+        config = MATRIX_CONFIGS[family]()
+        config.vocab_size, config.pad_token_id = len(tokenizer), tokenizer.pad_token_id
+    elif config_class is OPTConfig:  # multi-head only; its own name for the FFN width
         config = OPTConfig(**shape, ffn_dim=ffn, word_embed_proj_dim=hidden, max_position_embeddings=256)
     else:
         config = config_class(**shape, intermediate_size=ffn, num_key_value_heads=2)
@@ -124,6 +175,59 @@ def calibratable_model(folder, *, layers=6, hidden=64, ffn=128, shard="50KB", co
     AutoModelForCausalLM.from_config(config).save_pretrained(folder, max_shard_size=shard)
     tokenizer.save_pretrained(folder)
     return folder
+
+
+CALIBRATION = {"calib_data": "default"}
+METHOD_OPTIONS = {  # the smallest settings that exercise each method on a tiny model
+    "2ssp": {**CALIBRATION, "calib_samples": 2, "stage2_samples": 1, "alpha": 1.0},  # OPT: attention-heavy
+    "fasp": {**CALIBRATION, "calib_samples": 2},
+    "shortgpt": {**CALIBRATION, "calib_samples": 2},
+    "window": {**CALIBRATION, "calib_samples": 2},
+    "blockpruner": {**CALIBRATION, "calib_samples": 1},
+    "evopress": {**CALIBRATION, "evopress_generations": 1, "evopress_tokens": 256, "evopress_seq_len": 32,
+                 "evopress_offspring": 2, "evopress_initial": 2, "evopress_selection_tokens": "32,256"},
+    "slicegpt": {**CALIBRATION, "calib_samples": 2},
+    "manual": {},
+}
+MANUAL_PLAN = {"skip_attention": [1], "skip_mlp": [2]}
+
+
+def method_options(method: str, folder) -> dict:
+    """METHOD_OPTIONS[method], with the manual plan file (written into `folder`) for `manual`."""
+    if method != "manual":
+        return dict(METHOD_OPTIONS[method])
+    plan = Path(folder) / "plan.json"
+    plan.write_text(json.dumps(MANUAL_PLAN))
+    return {"plan": str(plan)}
+
+
+@pytest.fixture(scope="session")
+def method_outputs(tmp_path_factory):
+    """`method_outputs(name)`: every method run once at 25 % on the tiny model `name` of MATRIX_CONFIGS (with a
+    real tokenizer), shared by the tests that look at the results: (source folder, {method: PruneResult},
+    {method: the UnsupportedArchitectureError that refused it})."""
+    import hubprune
+    from hubprune.errors import UnsupportedArchitectureError
+    from hubprune.methods import methods
+
+    made = {}
+
+    def run(name: str):
+        if name not in made:
+            folder = tmp_path_factory.mktemp(f"methods-{name}")
+            source = calibratable_model(folder / "src", family=name)
+            results, refused = {}, {}
+            for method in sorted(methods()):
+                try:
+                    results[method] = hubprune.prune(
+                        str(source), method, output=folder / method, sparsity=None if method == "manual" else 0.25,
+                        options=method_options(method, folder), device="cpu", seq_len=32)
+                except UnsupportedArchitectureError as exc:
+                    refused[method] = exc
+            made[name] = source, results, refused
+        return made[name]
+
+    return run
 
 
 def left_padded_batch(vocab: int, pad_id: int, seed: int = 1):
@@ -149,4 +253,4 @@ def assert_reloads_like(folder, model):
                        reloaded.generate(prompt, use_cache=False, **kwargs))
 
 
-__all__ = ["assert_reloads_like", "FAMILIES", "TINY_CONFIGS", "AutoTokenizer", "left_padded_batch", "tiny_model", "tiny_tokenizer"]
+__all__ = ["assert_reloads_like", "FAMILIES", "MATRIX_CONFIGS", "REAL_CONFIGS", "shaped_config", "METHOD_OPTIONS", "method_options", "model_type", "TINY_CONFIGS", "AutoTokenizer", "left_padded_batch", "tiny_model", "tiny_tokenizer"]

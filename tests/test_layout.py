@@ -160,4 +160,9 @@ def test_every_family_has_all_its_parts_and_the_remote_code_declares_exactly_tho
     assert declared_configs == {f.pruned_config_class for f in FAMILIES.values()}
     assert declared_models == {f.pruned_model_class for f in FAMILIES.values()}
     assert declared_bases == {f.pruned_base_class for f in FAMILIES.values()}
-    assert set(modeling_hubprune._STOCK) == set(FAMILIES)
+    assert {t: prefix for t, (_, prefix, _) in configuration_hubprune.FAMILIES.items()} == {
+        t: f.pruned_class_prefix for t, f in FAMILIES.items()}
+    for name, family in FAMILIES.items():  # the remote code puts each branch's norms where the adapter does
+        if name != "opt":
+            assert modeling_hubprune._BRANCH_NORMS.get(name, modeling_hubprune._PRE_NORM) == (
+                family.attention_norms, family.mlp_norms), name

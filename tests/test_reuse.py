@@ -7,44 +7,20 @@ import subprocess
 import sys
 
 import pytest
-from conftest import calibratable_model
+from conftest import METHOD_OPTIONS, method_options
 
 import hubprune
 from hubprune.errors import InvalidOptionError
 from hubprune.methods import methods
 
-CALIBRATION = {"calib_data": "default"}
-OPTIONS = {  # the smallest settings that exercise each method on a 4-block model
-    "2ssp": {**CALIBRATION, "calib_samples": 2, "stage2_samples": 1},
-    "fasp": {**CALIBRATION, "calib_samples": 2},
-    "shortgpt": {**CALIBRATION, "calib_samples": 2},
-    "window": {**CALIBRATION, "calib_samples": 2},
-    "blockpruner": {**CALIBRATION, "calib_samples": 1},
-    "evopress": {**CALIBRATION, "evopress_generations": 1, "evopress_tokens": 256, "evopress_seq_len": 32,
-                 "evopress_offspring": 2, "evopress_initial": 2, "evopress_selection_tokens": "32,256"},
-    "slicegpt": {**CALIBRATION, "calib_samples": 2},
-    "manual": {},
-}
-
-
 @pytest.fixture(scope="module")
-def outputs(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("reuse")
-    source = calibratable_model(folder / "src", layers=4)
-    plan = folder / "plan.json"
-    plan.write_text(json.dumps({"skip_attention": [1], "skip_mlp": [2]}))
-    made = {}
-    for method in sorted(methods()):
-        options = dict(OPTIONS[method], **({"plan": str(plan)} if method == "manual" else {}))
-        sparsity = None if method == "manual" else 0.25
-        hubprune.prune(str(source), method, output=folder / method, sparsity=sparsity, options=options,
-                       device="cpu", seq_len=32)
-        made[method] = folder / method
-    return source, made
+def outputs(method_outputs):
+    source, results, _ = method_outputs("llama")
+    return source, {method: result.output for method, result in results.items()}
 
 
 def test_every_method_is_covered():
-    assert set(OPTIONS) == set(methods())
+    assert set(METHOD_OPTIONS) == set(methods())
 
 
 def test_the_plain_tokenizer_call_works_on_every_output(outputs):
@@ -65,7 +41,7 @@ def test_pruning_a_pruned_output_again_is_refused_before_any_work(outputs, tmp_p
     _, made = outputs
     with pytest.raises(InvalidOptionError, match="already pruned by hubprune"):
         hubprune.prune(str(made["2ssp"]), "shortgpt", sparsity=0.2, output=tmp_path / "again", device="cpu",
-                       options=OPTIONS["shortgpt"], seq_len=32)
+                       options=METHOD_OPTIONS["shortgpt"], seq_len=32)
     assert list(tmp_path.iterdir()) == []  # no run folder, no output
 
 
@@ -80,7 +56,7 @@ def test_each_method_keeps_to_the_plan_keys_it_declares_and_exports_when_they_al
     _, made = outputs
     for method, folder in made.items():
         impl = get_method(method)
-        options = dict(OPTIONS[method], **({"plan": str(folder.parent / "plan.json")} if method == "manual" else {}))
+        options = method_options(method, folder.parent)
         declared = impl.plan_keys(impl.configure(options))
         used = {k for k, v in json.loads((folder / "hubprune_plan.json").read_text()).items() if v}
         assert declared is not None and used <= declared, method

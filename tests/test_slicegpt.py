@@ -9,7 +9,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from conftest import assert_reloads_like, calibratable_model, left_padded_batch, tiny_model
+from conftest import FAMILIES, assert_reloads_like, calibratable_model, left_padded_batch, model_type, tiny_model
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, LlamaConfig, MistralConfig, OPTConfig, Qwen2Config
 
@@ -25,7 +25,7 @@ from hubprune.runs import LayerTensors
 from hubprune.sequential import DecoderStack
 from hubprune.surgery import apply_plan
 
-SLICED_FAMILIES = ["llama", "mistral", "qwen2", "phi3"]
+SLICED_FAMILIES = [f for f in FAMILIES if get_family(model_type(f)).residual_slicing]
 
 
 def meta_model(config):

@@ -15,10 +15,12 @@ class Family:
 
     layers_prefix = "model.layers."
     attention_prefix = "self_attn."
-    attention_norm = "input_layernorm."
     mlp_prefix = "mlp."  # every MLP weight's name starts with one of `mlp_weights`
     mlp_weights: tuple[str, ...] = ("mlp.",)
-    mlp_norm = "post_attention_layernorm."
+    # The norms inside each residual branch, (before, after) the sub-module: a skipped sub-module takes
+    # both with it. Pre-norm (Llama) has one before each; OLMo 2 one after each; Gemma 3 both.
+    attention_norms: tuple[str | None, str | None] = ("input_layernorm", None)
+    mlp_norms: tuple[str | None, str | None] = ("post_attention_layernorm", None)
     ffn_rows = ("mlp.gate_proj", "mlp.up_proj")  # producers: their output rows are FFN neurons
     ffn_cols = ("mlp.down_proj",)  # consumer: its input columns are FFN neurons
     value_rows = "self_attn.v_proj"  # producer of the value channels
@@ -28,6 +30,9 @@ class Family:
     embedding_weight = "model.embed_tokens.weight"
     final_norm_weight = "model.norm.weight"
     head_weight = "lm_head.weight"
+    # Norms inside the attention that act on query / key heads, not on the residual stream: a rotation
+    # of the residual leaves them as they are (Qwen3's per-head q/k norms).
+    head_space_norms: tuple[str, ...] = ()
     residual_slicing = True  # RMSNorm everywhere, so norms fold into the next linear layers (SliceGPT)
     evopress_seq_len = 8192  # EvoPress's calibration sequence length for this family (the 2SSP reference's)
 
@@ -56,11 +61,23 @@ class Family:
     def ffn_width(self, config) -> int:
         return config.intermediate_size
 
+    @property
+    def attention_norm(self) -> str:
+        """The norm before the attention (weight-name prefix): SliceGPT folds it into q/k/v."""
+        return self.attention_norms[0] + "."
+
+    @property
+    def mlp_norm(self) -> str:
+        return self.mlp_norms[0] + "."
+
+    def is_norm_param(self, local_name: str) -> bool:
+        return local_name.startswith(tuple(n + "." for n in (*self.attention_norms, *self.mlp_norms) if n))
+
     def is_attention_param(self, local_name: str) -> bool:
-        return local_name.startswith((self.attention_prefix, self.attention_norm))
+        return local_name.startswith((self.attention_prefix, *(n + "." for n in self.attention_norms if n)))
 
     def is_mlp_param(self, local_name: str) -> bool:
-        return local_name.startswith((*self.mlp_weights, self.mlp_norm))
+        return local_name.startswith((*self.mlp_weights, *(n + "." for n in self.mlp_norms if n)))
 
     def set_ffn_width(self, config_dict: dict, width: int) -> None:
         config_dict["intermediate_size"] = width
@@ -78,8 +95,10 @@ class Family:
 
     def rebuild_buffers(self, model, config, device) -> None:
         """Recreate non-persistent buffers (rotary frequencies) left on `meta` by a weightless build."""
+        from ..modeling.modeling_hubprune import rotary_embedding  # the pruned format's (its attention types)
+
         with torch.device(device):
-            self.decoder(model).rotary_emb = type(self.decoder(model).rotary_emb)(config=config)
+            self.decoder(model).rotary_emb = rotary_embedding(self.model_type, config)
 
     def check_supported(self, config) -> None:
         """Refuse a variant of the family the block-by-block code does not handle."""
@@ -89,22 +108,38 @@ class Family:
         return self.embeddings(model)(ids)
 
     def position_embeddings(self, model, embeds: torch.Tensor, position_ids: torch.Tensor):
-        return self.decoder(model).rotary_emb(embeds, position_ids=position_ids)
+        """(cos, sin), or {layer type: (cos, sin)} for a family with one RoPE per attention type (Gemma 3's
+        local and global bases, OLMo 3)."""
+        rotary = self.decoder(model).rotary_emb
+        if isinstance(rotary.rope_type, dict):
+            return {kind: rotary(embeds, position_ids, kind) for kind in rotary.rope_type}
+        return rotary(embeds, position_ids=position_ids)
 
     def final(self, model, hidden: torch.Tensor) -> torch.Tensor:
         """Final hidden states -> the head's input."""
         return self.decoder(model).norm(hidden)
 
     def run_attention(self, layer, hidden: torch.Tensor, inputs, mask) -> torch.Tensor:
-        """The attention sub-module's output (not added to the residual)."""
-        return layer.self_attn(hidden_states=layer.input_layernorm(hidden), attention_mask=mask,
-                               position_ids=inputs.position_ids, position_embeddings=inputs.position_embeddings)[0]
+        """The attention branch's output, its norms included (not added to the residual)."""
+        before, after = self.attention_norms
+        out = layer.self_attn(hidden_states=getattr(layer, before)(hidden) if before else hidden, attention_mask=mask,
+                              position_ids=inputs.position_ids, position_embeddings=inputs.position_embeddings)[0]
+        return getattr(layer, after)(out) if after else out
 
     def run_mlp(self, layer, hidden: torch.Tensor, params: dict | None) -> torch.Tensor:
-        normed = layer.post_attention_layernorm(hidden)
+        before, after = self.mlp_norms
+        normed = getattr(layer, before)(hidden) if before else hidden
         if params is None:
-            return layer.mlp(normed)
-        return functional_call(layer.mlp, {n.removeprefix(self.mlp_prefix): t for n, t in params.items()}, (normed,))
+            out = layer.mlp(normed)
+        else:
+            out = functional_call(layer.mlp, {n.removeprefix(self.mlp_prefix): t for n, t in params.items()}, (normed,))
+        return getattr(layer, after)(out) if after else out
+
+    def logits(self, model, head_input: torch.Tensor) -> torch.Tensor:
+        """The head on the final norm's output (Gemma's final soft-capping included)."""
+        logits = model.lm_head(head_input)
+        cap = getattr(model.config, "final_logit_softcapping", None)
+        return logits if cap is None else torch.tanh(logits / cap) * cap
 
     def has_mlp(self, layer) -> bool:
         return getattr(layer, "mlp", None) is not None

@@ -12,10 +12,10 @@ class OPTFamily(Family):
     model_type = "opt"
     pruned_class_prefix = "OPT"
     layers_prefix = "model.decoder.layers."
-    attention_norm = "self_attn_layer_norm."
+    attention_norms = ("self_attn_layer_norm", None)
     mlp_prefix = ""
     mlp_weights = ("fc1.", "fc2.")
-    mlp_norm = "final_layer_norm."
+    mlp_norms = ("final_layer_norm", None)
     ffn_rows = ("fc1",)
     ffn_cols = ("fc2",)
     value_cols = "self_attn.out_proj"

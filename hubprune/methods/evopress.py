@@ -95,7 +95,7 @@ class EvoPressOptions(Options):
                                           help="calibration tokens in all")
     evopress_seq_len: int | None = schema.setting(
         None, minimum=2, metavar="L", group="evopress", help="calibration sequence length",
-        default_text="4096 for Llama/Phi-3, 2048 for Qwen2, 8192 otherwise")
+        default_text="4096 for Llama/Phi-3/OLMo 2, 2048 for Qwen2/Qwen3, 8192 otherwise")
     evopress_offspring: int = schema.setting(32, minimum=1, metavar="N", group="evopress",
                                              help="offspring per generation")
     evopress_initial: int = schema.setting(64, minimum=1, metavar="N", group="evopress",

@@ -66,7 +66,7 @@ def module_counts(model) -> dict:
     rows = "self_attn.qkv_proj" if family.value_rows + ".weight" not in params else family.value_rows  # Phi-3: fused
     v_row = params[rows + ".weight"].shape[1] + (1 if rows + ".bias" in params else 0)
     per_channel = v_row * kv_heads + params[family.value_cols + ".weight"].shape[0] * config.num_attention_heads
-    mlp = sum(p.numel() for n, p in params.items() if family.is_mlp_param(n) and not n.startswith(family.mlp_norm))
+    mlp = sum(p.numel() for n, p in params.items() if family.is_mlp_param(n) and not family.is_norm_param(n))
     return {"block": sum(p.numel() for p in params.values()), "decoder": sum(p.numel() for p in layers.parameters()),
             "value_per_head_channel": per_channel,  # one channel removed from every head
             "mlp": mlp, "ffn_width": family.ffn_width(config), "head_dim": head_dim}

@@ -81,7 +81,7 @@ def module_sizes(model) -> tuple[int, int, int]:
     layers = family.layers(model)
     params = dict(layers[0].named_parameters())
     p_attn = sum(p.numel() for n, p in params.items() if n.startswith(family.attention_prefix))
-    p_mlp = sum(p.numel() for n, p in params.items() if family.is_mlp_param(n) and not n.startswith(family.mlp_norm))
+    p_mlp = sum(p.numel() for n, p in params.items() if family.is_mlp_param(n) and not family.is_norm_param(n))
     return p_attn, p_mlp, sum(p.numel() for p in layers.parameters())
 
 

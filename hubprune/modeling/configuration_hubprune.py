@@ -13,8 +13,9 @@
 # sliced residual stream at the block's input, after its attention and after its MLP; `hidden_size`
 # stays the source's, the width the fused norms normalise by). A sliced model never ties its head to
 # the embeddings: they are rotated differently.
+import importlib
+
 from huggingface_hub.dataclasses import strict
-from transformers import LlamaConfig, MistralConfig, OPTConfig, Phi3Config, Qwen2Config
 
 # The layer type of a block without attention. transformers gives "moe" (and "mlp") a DummyLayer cache
 # entry that stores nothing, and unlike "mlp", "moe" passes the stock config validation, which
@@ -67,44 +68,36 @@ class _HubPruneConfigMixin:
             raise ValueError("layer_types must have one entry per decoder layer")
 
 
-@strict
-class HubPruneLlamaConfig(_HubPruneConfigMixin, LlamaConfig):
-    model_type = "hubprune_llama"
-    block_configs: list | None = None
-    layer_types: list | None = None
-    hubprune: dict | None = None  # provenance: method, source model, sparsity, parameter counts
+# The families with a pruned form: model_type -> (transformers module, class-name prefix, stock config
+# class). The pruned classes are HubPrune<prefix>Config here and HubPrune<prefix>ForCausalLM /
+# HubPrune<prefix>Model in modeling_hubprune.py; the stock modules are <prefix>Attention, <prefix>MLP, ...
+FAMILIES = {
+    "llama": ("llama", "Llama", "LlamaConfig"),
+    "mistral": ("mistral", "Mistral", "MistralConfig"),
+    "qwen2": ("qwen2", "Qwen2", "Qwen2Config"),
+    "qwen3": ("qwen3", "Qwen3", "Qwen3Config"),
+    "phi3": ("phi3", "Phi3", "Phi3Config"),
+    "opt": ("opt", "OPT", "OPTConfig"),
+    "gemma3_text": ("gemma3", "Gemma3", "Gemma3TextConfig"),
+    "olmo2": ("olmo2", "Olmo2", "Olmo2Config"),
+    "olmo3": ("olmo3", "Olmo3", "Olmo3Config"),
+    "smollm3": ("smollm3", "SmolLM3", "SmolLM3Config"),
+}
 
 
-@strict
-class HubPruneMistralConfig(_HubPruneConfigMixin, MistralConfig):
-    model_type = "hubprune_mistral"
-    block_configs: list | None = None
-    layer_types: list | None = None
-    hubprune: dict | None = None
+def _pruned_config_class(model_type: str, module: str, prefix: str, stock_name: str) -> type:
+    stock = getattr(importlib.import_module(f"transformers.models.{module}.configuration_{module}"), stock_name)
+    fields = {"block_configs": list | None, "hubprune": dict | None}  # hubprune: method, source, sparsity, counts
+    if "layer_types" not in getattr(stock, "__dataclass_fields__", {}):
+        fields["layer_types"] = list | None
+    name = f"HubPrune{prefix}Config"
+    namespace = {"__module__": __name__, "__qualname__": name, "__annotations__": fields,
+                 "model_type": f"hubprune_{model_type}", **dict.fromkeys(fields)}
+    return strict(type(name, (_HubPruneConfigMixin, stock), namespace))
 
 
-@strict
-class HubPruneQwen2Config(_HubPruneConfigMixin, Qwen2Config):
-    model_type = "hubprune_qwen2"
-    block_configs: list | None = None  # (Qwen2Config already has layer_types)
-    hubprune: dict | None = None
+for _model_type, _stock in FAMILIES.items():
+    _cls = _pruned_config_class(_model_type, *_stock)
+    globals()[_cls.__name__] = _cls
 
-
-@strict
-class HubPrunePhi3Config(_HubPruneConfigMixin, Phi3Config):
-    model_type = "hubprune_phi3"
-    block_configs: list | None = None
-    layer_types: list | None = None
-    hubprune: dict | None = None
-
-
-@strict
-class HubPruneOPTConfig(_HubPruneConfigMixin, OPTConfig):
-    model_type = "hubprune_opt"
-    block_configs: list | None = None
-    layer_types: list | None = None
-    hubprune: dict | None = None
-
-
-__all__ = ["HubPruneLlamaConfig", "HubPruneMistralConfig", "HubPruneOPTConfig", "HubPrunePhi3Config",
-           "HubPruneQwen2Config"]
+__all__ = [f"HubPrune{prefix}Config" for _, prefix, _ in FAMILIES.values()]

@@ -33,24 +33,31 @@ from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutpu
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, PreTrainedModel, slice_logits_to_keep
 from transformers.utils.deprecation import deprecate_kwarg
 
+from transformers import initialization as init
 from transformers.activations import ACT2FN
+from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 from transformers.models.opt.modeling_opt import OPTForCausalLM, OPTModel
 
-from .configuration_hubprune import (
-    HubPruneLlamaConfig,
-    HubPruneMistralConfig,
-    HubPruneOPTConfig,
-    HubPrunePhi3Config,
-    HubPruneQwen2Config,
-)
+from . import configuration_hubprune
+from .configuration_hubprune import FAMILIES
 
-_STOCK = {"llama": "Llama", "mistral": "Mistral", "qwen2": "Qwen2", "phi3": "Phi3", "opt": "OPT"}
+# The norms inside each residual branch: ((before, after) the attention, (before, after) the MLP). A
+# skipped sub-module has neither. Families not listed are pre-norm (Llama).
+_PRE_NORM = (("input_layernorm", None), ("post_attention_layernorm", None))
+_BRANCH_NORMS = {
+    "olmo2": ((None, "post_attention_layernorm"), (None, "post_feedforward_layernorm")),
+    "olmo3": ((None, "post_attention_layernorm"), (None, "post_feedforward_layernorm")),
+    "gemma3_text": (("input_layernorm", "post_attention_layernorm"),
+                    ("pre_feedforward_layernorm", "post_feedforward_layernorm")),
+}
+# Families whose embeddings are scaled by sqrt(hidden_size) (the stock <prefix>TextScaledWordEmbedding).
+_SCALED_EMBEDDINGS = ("gemma3_text",)
 
 
 def _stock(family: str, name: str):
     """The stock transformers class `<Family><name>` (e.g. LlamaAttention)."""
-    module = importlib.import_module(f"transformers.models.{family}.modeling_{family}")
-    return getattr(module, _STOCK[family] + name)
+    module, prefix, _ = FAMILIES[family]
+    return getattr(importlib.import_module(f"transformers.models.{module}.modeling_{module}"), prefix + name)
 
 
 def _family(config) -> str:
@@ -103,15 +110,25 @@ def _value_pruned_forward(
         query_states = self.q_proj(hidden_states)
         key_states = self.k_proj(hidden_states)
         value_states = self.v_proj(hidden_states)
-    query_states = query_states.view(*input_shape, -1, self.head_dim).transpose(1, 2)
-    key_states = key_states.view(*input_shape, -1, self.head_dim).transpose(1, 2)
+    # q/k norms (Qwen3, Gemma 3: per head; OLMo 2/3: over the whole projection) act on queries and keys
+    # only, so narrowing the values leaves them intact.
+    per_head = getattr(self, "q_norm", None) is not None and self.q_norm.weight.shape[0] == self.head_dim
+    if getattr(self, "q_norm", None) is not None and not per_head:
+        query_states, key_states = self.q_norm(query_states), self.k_norm(key_states)
+    query_states = query_states.view(*input_shape, -1, self.head_dim)
+    key_states = key_states.view(*input_shape, -1, self.head_dim)
+    if per_head:
+        query_states, key_states = self.q_norm(query_states), self.k_norm(key_states)
+    query_states, key_states = query_states.transpose(1, 2), key_states.transpose(1, 2)
     value_states = value_states.view(*input_shape, -1, self.v_head_dim).transpose(1, 2)
-    cos, sin = position_embeddings
-    query_states, key_states = stock.apply_rotary_pos_emb(query_states, key_states, cos, sin)
+    if getattr(self, "use_rope", True):  # SmolLM3's NoPE layers have use_rope = 0
+        cos, sin = position_embeddings
+        query_states, key_states = stock.apply_rotary_pos_emb(query_states, key_states, cos, sin)
     sliding_window = getattr(self, "sliding_window", getattr(self.config, "sliding_window", None))
+    softcap = {"softcap": self.attn_logit_softcapping} if getattr(self, "attn_logit_softcapping", None) else {}
     attn_output, attn_weights = _attend(self, query_states, key_states, value_states, attention_mask, cache,
-                                        input_shape, dropout=self.attention_dropout, scaling=self.scaling,
-                                        sliding_window=sliding_window, **kwargs)
+                                        input_shape, dropout=getattr(self, "attention_dropout", 0.0),
+                                        scaling=self.scaling, sliding_window=sliding_window, **softcap, **kwargs)
     return self.o_proj(attn_output), attn_weights
 
 
@@ -138,7 +155,7 @@ def _value_pruned_attention(family: str, config, layer_idx: int, v_head_dim: int
     """The family's stock attention with v_proj (or the value rows of qkv_proj) and o_proj narrowed."""
     stock = _stock(family, "Attention")
     forward = _opt_value_pruned_forward if family == "opt" else _value_pruned_forward
-    cls = type(f"HubPrune{_STOCK[family]}ValuePrunedAttention", (stock,), {"forward": forward})
+    cls = type(f"HubPrune{FAMILIES[family][1]}ValuePrunedAttention", (stock,), {"forward": forward})
     attention = cls(config=config, layer_idx=layer_idx)
     attention.v_head_dim = v_head_dim
     kv_heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
@@ -210,11 +227,14 @@ class HubPruneDecoderLayer(GradientCheckpointingLayer):
         else:
             rms_norm = _stock(family, "RMSNorm")
         self.hidden_size = config.hidden_size
-        self.self_attn = self.input_layernorm = None
-        self.mlp = self.post_attention_layernorm = None
+        self.attention_norms, self.mlp_norms = _BRANCH_NORMS.get(family, _PRE_NORM)
+        self.self_attn = self.mlp = None
+        for name in {n for n in (*self.attention_norms, *self.mlp_norms) if n}:
+            setattr(self, name, None)
         self.attn_shortcut_Q = self.mlp_shortcut_Q = None
         if not block["attention"]["no_op"]:
-            self.input_layernorm = rms_norm(config.hidden_size, eps=config.rms_norm_eps)
+            for name in filter(None, self.attention_norms):
+                setattr(self, name, rms_norm(config.hidden_size, eps=config.rms_norm_eps))
             v_head_dim = block["attention"].get("v_head_dim")
             if v_head_dim is None:
                 self.self_attn = _stock(family, "Attention")(config=config, layer_idx=layer_idx)
@@ -224,7 +244,8 @@ class HubPruneDecoderLayer(GradientCheckpointingLayer):
             # The stock MLP reads its width from the config: give it a copy with this block's width.
             mlp_config = copy.copy(config)
             mlp_config.intermediate_size = block["ffn"]["intermediate_size"]
-            self.post_attention_layernorm = rms_norm(config.hidden_size, eps=config.rms_norm_eps)
+            for name in filter(None, self.mlp_norms):
+                setattr(self, name, rms_norm(config.hidden_size, eps=config.rms_norm_eps))
             self.mlp = _stock(family, "MLP")(mlp_config)
         if sliced:
             widths = sliced["input"], sliced["middle"], sliced["output"]
@@ -246,9 +267,8 @@ class HubPruneDecoderLayer(GradientCheckpointingLayer):
     ) -> torch.Tensor:
         if self.self_attn is not None:
             residual = hidden_states
-            hidden_states = self.input_layernorm(hidden_states)
             hidden_states, _ = self.self_attn(
-                hidden_states=hidden_states,
+                hidden_states=self._norm(self.attention_norms[0], hidden_states),
                 attention_mask=attention_mask,
                 position_ids=position_ids,
                 cache=cache,
@@ -256,12 +276,26 @@ class HubPruneDecoderLayer(GradientCheckpointingLayer):
                 position_embeddings=position_embeddings,
                 **kwargs,
             )
-            hidden_states = _shortcut(residual, self.attn_shortcut_Q) + hidden_states
+            hidden_states = _shortcut(residual, self.attn_shortcut_Q) + self._norm(self.attention_norms[1], hidden_states)
         if self.mlp is not None:
             residual = hidden_states
-            hidden_states = self.post_attention_layernorm(hidden_states)
-            hidden_states = _shortcut(residual, self.mlp_shortcut_Q) + self.mlp(hidden_states)
+            hidden_states = self.mlp(self._norm(self.mlp_norms[0], hidden_states))
+            hidden_states = _shortcut(residual, self.mlp_shortcut_Q) + self._norm(self.mlp_norms[1], hidden_states)
         return hidden_states
+
+    def _norm(self, name: str | None, hidden_states: torch.Tensor) -> torch.Tensor:
+        return hidden_states if name is None else getattr(self, name)(hidden_states)
+
+
+def rotary_embedding(family: str, config) -> nn.Module:
+    """The family's rotary embedding. One with a RoPE per attention type is built for the attention
+    types still present (a block without attention has none)."""
+    source_types = getattr(config, "layer_types", None) or []
+    types = [t for t in source_types if t in ("full_attention", "sliding_attention")]
+    if set(types) != set(source_types):
+        config = copy.copy(config)
+        config.layer_types = types or ["full_attention"]
+    return _stock(family, "RotaryEmbedding")(config=config)
 
 
 class HubPrunePreTrainedModel(PreTrainedModel):
@@ -274,6 +308,20 @@ class HubPrunePreTrainedModel(PreTrainedModel):
     _supports_flex_attn = True
     _supports_attention_backend = True
     _can_compile_fullgraph = True
+
+    def _init_weights(self, module):
+        """The stock initialisation, plus what the stock classes of some families add: the buffers of a
+        RoPE per attention type and of scaled embeddings (non-persistent, so computed at every load)."""
+        super()._init_weights(module)
+        if "RotaryEmbedding" in type(module).__name__ and isinstance(getattr(module, "rope_type", None), dict):
+            for kind, rope_type in module.rope_type.items():
+                rope_init_fn = (module.compute_default_rope_parameters if rope_type == "default"
+                                else ROPE_INIT_FUNCTIONS[rope_type])
+                inv_freq, _ = rope_init_fn(module.config, layer_type=kind)
+                init.copy_(getattr(module, f"{kind}_inv_freq"), inv_freq)
+                init.copy_(getattr(module, f"{kind}_original_inv_freq"), inv_freq)
+        elif hasattr(module, "scalar_embed_scale"):
+            init.constant_(module.embed_scale, module.scalar_embed_scale)
 
     @property
     def _supports_flash_attn(self) -> bool:
@@ -291,13 +339,17 @@ class HubPruneModel(HubPrunePreTrainedModel):
         self.padding_idx = config.pad_token_id
         self.vocab_size = config.vocab_size
         embedding_width, _ = _residual_ends(config)
-        self.embed_tokens = nn.Embedding(config.vocab_size, embedding_width, self.padding_idx)
+        if family in _SCALED_EMBEDDINGS:
+            self.embed_tokens = _stock(family, "TextScaledWordEmbedding")(
+                config.vocab_size, embedding_width, self.padding_idx, embed_scale=config.hidden_size**0.5)
+        else:
+            self.embed_tokens = nn.Embedding(config.vocab_size, embedding_width, self.padding_idx)
         self.layers = nn.ModuleList(
             [HubPruneDecoderLayer(config, layer_idx) for layer_idx in range(config.num_hidden_layers)]
         )
         sliced = "residual" in config.block_configs[-1]
         self.norm = (FusedRMSNorm if sliced else _stock(family, "RMSNorm"))(config.hidden_size, eps=config.rms_norm_eps)
-        self.rotary_emb = _stock(family, "RotaryEmbedding")(config=config)
+        self.rotary_emb = rotary_embedding(family, config)
         self.gradient_checkpointing = False
         self.post_init()
 
@@ -339,12 +391,18 @@ class HubPruneModel(HubPrunePreTrainedModel):
             masks["sliding_attention"] = create_sliding_window_causal_mask(**mask_kwargs)
 
         hidden_states = inputs_embeds
-        position_embeddings = self.rotary_emb(hidden_states, position_ids=position_ids)
+        if isinstance(self.rotary_emb.rope_type, dict):  # one RoPE per attention type (Gemma 3, OLMo 3)
+            position_embeddings = {kind: self.rotary_emb(hidden_states, position_ids, kind)
+                                   for kind in self.rotary_emb.rope_type}
+        else:
+            position_embeddings = self.rotary_emb(hidden_states, position_ids=position_ids)
         for layer_idx, decoder_layer in enumerate(self.layers):
+            kind = layer_types[layer_idx]
             hidden_states = decoder_layer(
                 hidden_states,
-                attention_mask=masks.get(layer_types[layer_idx]),
-                position_embeddings=position_embeddings,
+                attention_mask=masks.get(kind),
+                position_embeddings=(position_embeddings.get(kind) if isinstance(position_embeddings, dict)
+                                     else position_embeddings),
                 position_ids=position_ids,
                 cache=cache,
                 use_cache=use_cache,
@@ -388,6 +446,9 @@ class HubPruneForCausalLM(HubPrunePreTrainedModel, GenerationMixin):
         )
         hidden_states = slice_logits_to_keep(outputs.last_hidden_state, logits_to_keep)
         logits = self.lm_head(hidden_states)
+        cap = getattr(self.config, "final_logit_softcapping", None)  # Gemma
+        if cap is not None:
+            logits = torch.tanh(logits / cap) * cap
         loss = None
         if labels is not None:
             loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs)
@@ -395,37 +456,17 @@ class HubPruneForCausalLM(HubPrunePreTrainedModel, GenerationMixin):
 
 
 # One class per family so that `auto_map` can name the right config class for each: the model with its
-# head (AutoModelForCausalLM) and the base model (AutoModel, e.g. vLLM's Transformers backend).
-class HubPruneLlamaForCausalLM(HubPruneForCausalLM):
-    config_class = HubPruneLlamaConfig
+# head (AutoModelForCausalLM) and the base model (AutoModel, e.g. vLLM's Transformers backend). OPT's
+# are below.
+def _family_class(base: type, name: str, config_class: type) -> type:
+    return type(name, (base,), {"__module__": __name__, "__qualname__": name, "config_class": config_class})
 
 
-class HubPruneLlamaModel(HubPruneModel):
-    config_class = HubPruneLlamaConfig
-
-
-class HubPruneMistralForCausalLM(HubPruneForCausalLM):
-    config_class = HubPruneMistralConfig
-
-
-class HubPruneMistralModel(HubPruneModel):
-    config_class = HubPruneMistralConfig
-
-
-class HubPruneQwen2ForCausalLM(HubPruneForCausalLM):
-    config_class = HubPruneQwen2Config
-
-
-class HubPruneQwen2Model(HubPruneModel):
-    config_class = HubPruneQwen2Config
-
-
-class HubPrunePhi3ForCausalLM(HubPruneForCausalLM):
-    config_class = HubPrunePhi3Config
-
-
-class HubPrunePhi3Model(HubPruneModel):
-    config_class = HubPrunePhi3Config
+for _model_type, (_, _prefix, _) in FAMILIES.items():
+    if _model_type != "opt":
+        _config_class = getattr(configuration_hubprune, f"HubPrune{_prefix}Config")
+        for _base, _suffix in ((HubPruneForCausalLM, "ForCausalLM"), (HubPruneModel, "Model")):
+            globals()[f"HubPrune{_prefix}{_suffix}"] = _family_class(_base, f"HubPrune{_prefix}{_suffix}", _config_class)
 
 
 # -- OPT --------------------------------------------------------------------------------------------------
@@ -496,7 +537,7 @@ def _opt_layers(config) -> nn.ModuleList:
 class HubPruneOPTForCausalLM(OPTForCausalLM):
     """The stock OPT model (learned positions, decoder, head) with HubPruneOPTDecoderLayer blocks."""
 
-    config_class = HubPruneOPTConfig
+    config_class = configuration_hubprune.HubPruneOPTConfig
     _no_split_modules = ["HubPruneOPTDecoderLayer"]
 
     def __init__(self, config):
@@ -507,7 +548,7 @@ class HubPruneOPTForCausalLM(OPTForCausalLM):
 class HubPruneOPTModel(OPTModel):
     """The stock OPT base model (no head) with HubPruneOPTDecoderLayer blocks."""
 
-    config_class = HubPruneOPTConfig
+    config_class = configuration_hubprune.HubPruneOPTConfig
     _no_split_modules = ["HubPruneOPTDecoderLayer"]
 
     def __init__(self, config):
@@ -515,6 +556,4 @@ class HubPruneOPTModel(OPTModel):
         self.decoder.layers = _opt_layers(config)
 
 
-__all__ = ["HubPruneLlamaForCausalLM", "HubPruneLlamaModel", "HubPruneMistralForCausalLM", "HubPruneMistralModel",
-           "HubPruneOPTForCausalLM", "HubPruneOPTModel", "HubPrunePhi3ForCausalLM", "HubPrunePhi3Model",
-           "HubPruneQwen2ForCausalLM", "HubPruneQwen2Model"]
+__all__ = [f"HubPrune{prefix}{suffix}" for _, prefix, _ in FAMILIES.values() for suffix in ("ForCausalLM", "Model")]

@@ -96,8 +96,8 @@ def rotate_block(tensors: dict[str, torch.Tensor], family, p_in: torch.Tensor, p
         if module in reads and kind == "weight":
             basis, scale = reads[module]
             out[name] = _right(tensor, basis, scale)
-        elif module in reads:  # q/k/v biases (Qwen2) act after the rotated input: unchanged
-            out[name] = tensor
+        elif module in reads or module in family.head_space_norms:
+            out[name] = tensor  # q/k/v biases (Qwen2), per-head q/k norms (Qwen3): after the rotated input
         elif module in writes:
             out[name] = _left(writes[module], tensor)
         else:

