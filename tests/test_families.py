@@ -8,9 +8,12 @@ import json
 
 import pytest
 import torch
-from conftest import FAMILIES, REAL_CONFIGS, assert_reloads_like, model_type, tiny_model
+from conftest import (FAMILIES, MATRIX_CONFIGS, REAL_CONFIGS, assert_reloads_like, calibratable_model, model_type,
+                      tiny_model)
+from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
+import hubprune
 from hubprune.cli import main
 from hubprune.export import save_model_folder
 from hubprune.families import get_family
@@ -79,3 +82,27 @@ def test_the_command_line_prunes_a_model_shaped_by_a_published_config(family, me
     assert code == 0, capsys.readouterr().err[-2000:]
     config = json.loads((tmp_path / "out" / "config.json").read_text())
     assert config["model_type"].removeprefix("hubprune_") == model_type(family)  # stock, or its pruned form
+
+
+def weights(folder) -> dict:
+    return {k: v for f in sorted(folder.glob("*.safetensors")) for k, v in load_file(f).items()}
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_offload_writes_the_same_weights_as_in_memory(family, tmp_path):
+    """Every kind of cut on one model (a block dropped, an attention and an MLP skipped, FFN neurons and
+    value channels kept), written from memory and streamed block by block from the shards."""
+    source = calibratable_model(tmp_path / "src", family=family, shard="20KB")
+    config = MATRIX_CONFIGS[family]()
+    groups, head_dim = get_family(model_type(family)).value_groups(config)
+    plan = tmp_path / "plan.json"
+    plan.write_text(json.dumps({"drop_blocks": [4], "skip_attention": [0], "skip_mlp": [2],
+                                "keep_ffn_neurons": {"1": list(range(0, 96, 3))},
+                                "keep_value_channels": {"3": [list(range(1, head_dim, 2))] * groups}}))
+    for offload in (False, True):
+        hubprune.prune(str(source), "manual", output=tmp_path / str(offload), options={"plan": str(plan)},
+                       device="cpu", offload=offload)
+    memory, streamed = weights(tmp_path / "False"), weights(tmp_path / "True")
+    assert memory.keys() == streamed.keys()
+    for name in memory:
+        assert torch.equal(memory[name], streamed[name]), name

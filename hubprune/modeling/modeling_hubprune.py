@@ -5,12 +5,14 @@
 # attention, MLP, RMSNorm and rotary modules from transformers, so attention runs through the same
 # kernels (SDPA / flash / flex) as the stock model. What differs from the stock model:
 #   1. each decoder block reads its own structure from `config.block_configs[i]`:
-#      - `attention.no_op`: no input norm and no attention; the block adds nothing to the residual
-#        there, and the KV cache holds a dummy entry for it (see configuration_hubprune.py);
-#      - `ffn.no_op`: no post-attention norm and no MLP;
+#      - `attention.no_op`: no attention and none of its branch's norms (_BRANCH_NORMS); the block adds
+#        nothing to the residual there, and the KV cache holds a dummy entry for it (see
+#        configuration_hubprune.py);
+#      - `ffn.no_op`: no MLP and none of its branch's norms;
 #      - `ffn.intermediate_size`: this block's own FFN width;
 #      - `attention.v_head_dim` (optional): fewer value channels per head than query/key channels
-#        (v_proj and o_proj narrowed; queries, keys and RoPE unchanged), see ValuePrunedAttention;
+#        (v_proj and o_proj narrowed; queries, keys, their norms and RoPE unchanged), see
+#        _value_pruned_forward;
 #      - `residual` (optional, SliceGPT): the residual stream is rotated and sliced. The block reads
 #        `input` channels, its attention writes `middle` channels and its MLP `output` channels; two
 #        shortcut matrices (attn_shortcut_Q [input, middle], mlp_shortcut_Q [middle, output]) carry the
