@@ -14,7 +14,6 @@ hubprune's GGUF path makes of it, and dense vs 2SSP vs FASP at 25 % perplexity, 
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import sys
 import tempfile
@@ -28,18 +27,9 @@ from hubprune.data import load_corpus, token_windows
 from hubprune.evaluation.perplexity import perplexity
 from hubprune.loading import load_model
 from hubprune.pipeline import environment
-from hubprune.testing.gemma3 import gguf_file
+from hubprune.testing.gemma3 import gguf_file, rebuilt
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def rebuilt(model, **changes):
-    config = copy.deepcopy(model.config)
-    for key, value in changes.items():
-        setattr(config, key, value)
-    other = type(model)(config).eval()
-    other.load_state_dict(model.state_dict())
-    return other
 
 
 def main(argv: list[str] | None = None) -> int:

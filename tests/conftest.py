@@ -24,12 +24,12 @@ TINY_CONFIGS = {name: family.tiny_config for name, family in REGISTERED_FAMILIES
 
 CONFIGS = Path(__file__).parent / "configs"
 # Published config.json files of real models (tests/configs/README.md says where each comes from).
-REAL_CONFIGS = {"llama3": "llama-3.2-1b.json", "qwen3": "qwen3-0.6b.json", "gemma3_text": "gemma-3-270m.json",
+REAL_CONFIGS = {"llama3": "llama-3.1-8b.json", "qwen3": "qwen3-0.6b.json", "gemma3_text": "gemma-3-270m.json",
                 "olmo2": "olmo-2-0425-1b.json", "smollm3": "smollm3-3b.json"}
 
 
 def shaped_config(file: str, layers: int = 6):
-    """A real model's published config shrunk to a tiny model: width 64, 4 heads of 16 (the KV heads in the
+    """A real model's published config shrunk to a tiny model: width 64, 8 heads of 16 (the KV heads in the
     published ratio), FFN 96, its first `layers` layers (with their attention types and RoPE pattern), a
     window of 8 tokens and a vocabulary of 128; every other setting (norms, RoPE type and scaling, tying,
     attention scalars) as published."""
@@ -37,7 +37,7 @@ def shaped_config(file: str, layers: int = 6):
 
     data = json.loads((CONFIGS / file).read_text())
     kv_ratio = data["num_attention_heads"] // data.get("num_key_value_heads", data["num_attention_heads"])
-    data.update(hidden_size=64, num_attention_heads=4, num_key_value_heads=max(1, 4 // kv_ratio), head_dim=16,
+    data.update(hidden_size=64, num_attention_heads=8, num_key_value_heads=max(1, 8 // kv_ratio), head_dim=16,
                 intermediate_size=96, num_hidden_layers=layers, vocab_size=128, pad_token_id=0, bos_token_id=1,
                 eos_token_id=2)
     for key in ("layer_types", "no_rope_layers"):
@@ -52,8 +52,9 @@ def shaped_config(file: str, layers: int = 6):
     return AutoConfig.for_model(**data)
 
 
-# Llama 3.x is not a family of its own: the Llama family with `llama3` RoPE scaling and tied embeddings.
-TINY_CONFIGS["llama3"] = lambda: shaped_config(REAL_CONFIGS["llama3"])
+# Llama 3.x is not a family of its own: the Llama family with `llama3` RoPE scaling (3.1; 3.2 also ties the
+# embeddings, as the tiny Llama does).
+TINY_CONFIGS["llama3"] = lambda: shaped_config(REAL_CONFIGS["llama3"], layers=5)  # the format matrix plans 5 blocks
 FAMILIES = sorted(TINY_CONFIGS)  # every tiny model the format matrix runs
 # The method matrix (`method_outputs`) prunes the real-config-shaped model where the family has one.
 MATRIX_CONFIGS = {name: (lambda file=REAL_CONFIGS[name]: shaped_config(file)) if name in REAL_CONFIGS else make

@@ -52,7 +52,7 @@ def hook_masked_logits(dense, plan: PrunePlan, input_ids, attention_mask=None):
             handles.append(mlp.register_forward_hook(lambda mod, inp, out: torch.zeros_like(out)))
         if index in plan.keep_value_channels:  # zero the removed (head, channel) inputs of o_proj
             config = dense.config
-            head_dim = config.hidden_size // config.num_attention_heads
+            head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
             per_group = config.num_attention_heads // getattr(config, "num_key_value_heads", config.num_attention_heads)
             mask = torch.zeros(config.num_attention_heads * head_dim)
             for head in range(config.num_attention_heads):

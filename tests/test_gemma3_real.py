@@ -4,7 +4,6 @@ it from PyPI and runs this file). It comes as a Q4_K_M GGUF and goes through hub
 through, and pruning it must give an output that reloads as the model it was in memory."""
 from __future__ import annotations
 
-import copy
 import json
 from pathlib import Path
 
@@ -15,7 +14,7 @@ import hubprune
 from hubprune.data import load_corpus, token_windows
 from hubprune.evaluation.perplexity import perplexity
 from hubprune.loading import load_model
-from hubprune.testing.gemma3 import gguf_file
+from hubprune.testing.gemma3 import gguf_file, rebuilt
 
 pytestmark = [pytest.mark.slow, pytest.mark.gemma]
 PUBLISHED = json.loads((Path(__file__).parent / "configs" / "gemma-3-270m.json").read_text())
@@ -31,16 +30,6 @@ def dense():
 @pytest.fixture(scope="module")
 def windows(dense):
     return token_windows(dense.tokenizer, load_corpus("default", "evaluation"), SEQ_LEN, WINDOWS)
-
-
-def rebuilt(model, **changes):
-    """`model` built again from its config with `changes`, with the same weights."""
-    config = copy.deepcopy(model.config)
-    for key, value in changes.items():
-        setattr(config, key, value)
-    other = type(model)(config).eval()
-    other.load_state_dict(model.state_dict())
-    return other
 
 
 def test_the_gguf_path_brings_the_window_the_layer_pattern_and_both_rope_bases(dense):

