@@ -106,3 +106,25 @@ def test_offload_writes_the_same_weights_as_in_memory(family, tmp_path):
     assert memory.keys() == streamed.keys()
     for name in memory:
         assert torch.equal(memory[name], streamed[name]), name
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_the_attention_branch_is_its_output_projection_then_the_branch_norm(family):
+    """What FASP relies on to refit o_proj and carry the pruned states on: after a block's attention the
+    residual is h + attention_branch_output(o_proj(x)), x the input o_proj saw (OLMo and Gemma 3 put a
+    norm between o_proj and the residual)."""
+    from hubprune.loading import LoadedModel
+    from hubprune.sequential import DecoderStack
+
+    model = tiny_model(family)
+    adapter = get_family(model.config.model_type)
+    stack = DecoderStack(LoadedModel(model, None, adapter, None, torch.device("cpu"), model.dtype))
+    hidden = stack.embed(torch.randint(3, 128, (1, 12), generator=torch.Generator().manual_seed(0)))
+    with stack.block(1) as layer:
+        o_proj, seen = layer.get_submodule(adapter.value_cols), []
+        handle = o_proj.register_forward_pre_hook(lambda module, inputs: seen.append(inputs[0]))
+        after_attention = stack.run(layer, 1, hidden, skip_mlp=True)
+        handle.remove()
+        with torch.no_grad():
+            rebuilt = hidden + adapter.attention_branch_output(layer, o_proj(seen[0]))
+    torch.testing.assert_close(rebuilt, after_attention, rtol=0, atol=1e-6)

@@ -45,21 +45,27 @@ def test_the_gguf_path_brings_the_window_the_layer_pattern_and_both_rope_bases(d
         assert getattr(config, key) == PUBLISHED[key], key
 
 
-def test_the_loaded_fields_give_a_better_perplexity_than_a_wrong_local_rope_base(dense, windows):
+def test_the_loaded_fields_beat_a_wrong_local_rope_base_and_a_missing_window(dense, windows):
     """What the GGUF does not carry (the local RoPE base, the layer pattern) comes from transformers'
-    Gemma 3 defaults, which are the published model's: giving the sliding layers the global base instead
-    (what a loader that knew one base only would do) must cost perplexity."""
+    Gemma 3 defaults, which are the published model's. Giving the sliding layers the global base (what a
+    loader that knew one base would do), or dropping the window (every layer global), must cost
+    perplexity on windows longer than the 512-token window."""
     loaded = perplexity(dense.model, windows, progress=False).perplexity
     one_base = {**dense.model.config.rope_parameters}
     one_base["sliding_attention"] = {**one_base["sliding_attention"], "rope_theta": PUBLISHED["rope_theta"]}
-    wrong = perplexity(rebuilt(dense.model, rope_parameters=one_base), windows, progress=False).perplexity
-    assert loaded < wrong
+    wrong_base = perplexity(rebuilt(dense.model, rope_parameters=one_base), windows, progress=False).perplexity
+    no_window = rebuilt(dense.model, layer_types=["full_attention"] * len(PUBLISHED["layer_types"]))
+    assert loaded < wrong_base and loaded < perplexity(no_window, windows, progress=False).perplexity
 
 
 @pytest.mark.parametrize("method", ["2ssp", "fasp"])
-def test_2ssp_and_fasp_prune_it_and_the_output_reloads_as_in_memory(method, tmp_path):
+def test_2ssp_and_fasp_prune_it_and_the_output_reloads_as_in_memory(method, dense, windows, tmp_path):
+    """...and the pruned model still predicts: worse than the dense model, far better than guessing
+    uniformly over the vocabulary (a calibration that feeds later blocks the wrong states does not)."""
     options = {"calib_data": "default", "calib_samples": 4, **({"stage2_samples": 2} if method == "2ssp" else {})}
     result = hubprune.prune(str(gguf_file()), method, sparsity=0.25, output=tmp_path / method, device="cpu",
-                            seq_len=256, options=options)
+                            seq_len=256, options=options, ppl=[])
     assert abs(result.record["sparsity"]["achieved"] - 0.25) < 0.02
     assert_reloads_like(tmp_path / method, result.model)
+    pruned = perplexity(result.model, windows, progress=False).perplexity
+    assert perplexity(dense.model, windows, progress=False).perplexity < pruned < dense.model.config.vocab_size / 100

@@ -34,7 +34,8 @@ def test_auto_dtype_keeps_the_checkpoint_dtype(tmp_path):
 
 def test_unsupported_family_is_refused_before_loading_weights(tmp_path):
     GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=64)).save_pretrained(tmp_path)
-    with pytest.raises(UnsupportedArchitectureError, match="'gpt2' is not supported; hubprune supports: llama, mistral, opt, phi3, qwen2"):
+    supported = "gemma3_text, llama, mistral, olmo2, olmo3, opt, phi3, qwen2, qwen3, smollm3"
+    with pytest.raises(UnsupportedArchitectureError, match=f"'gpt2' is not supported; hubprune supports: {supported}"):
         load_model(str(tmp_path), device="cpu")
 
 

@@ -121,9 +121,15 @@ class Family:
 
     def run_attention(self, layer, hidden: torch.Tensor, inputs, mask) -> torch.Tensor:
         """The attention branch's output, its norms included (not added to the residual)."""
-        before, after = self.attention_norms
+        before = self.attention_norms[0]
         out = layer.self_attn(hidden_states=getattr(layer, before)(hidden) if before else hidden, attention_mask=mask,
                               position_ids=inputs.position_ids, position_embeddings=inputs.position_embeddings)[0]
+        return self.attention_branch_output(layer, out)
+
+    def attention_branch_output(self, layer, out: torch.Tensor) -> torch.Tensor:
+        """What the attention branch adds to the residual, given its output projection's output: the norm
+        after the attention applied, where the family has one (OLMo 2/3, Gemma 3)."""
+        after = self.attention_norms[1]
         return getattr(layer, after)(out) if after else out
 
     def run_mlp(self, layer, hidden: torch.Tensor, params: dict | None) -> torch.Tensor:

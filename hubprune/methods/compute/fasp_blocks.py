@@ -82,7 +82,8 @@ def prune_blocks(stack: DecoderStack, windows: torch.Tensor, widths, restored: L
 
             # FFN pair, on the outputs of the pruned attention.
             with clock("calibration forward"):
-                mids = [h + F.linear(x, w_o_full, o_proj.bias) for h, x in zip(states, o_inputs)]
+                mids = [h + family.attention_branch_output(layer, F.linear(x, w_o_full, o_proj.bias))
+                        for h, x in zip(states, o_inputs)]
             del o_inputs
             w_d = layer.get_submodule(down).weight
             size = w_d.shape[1]
