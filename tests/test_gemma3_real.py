@@ -60,8 +60,8 @@ def test_the_loaded_fields_beat_a_wrong_local_rope_base_and_a_missing_window(den
 
 @pytest.mark.parametrize("method", ["2ssp", "fasp"])
 def test_2ssp_and_fasp_prune_it_and_the_output_reloads_as_in_memory(method, dense, windows, tmp_path):
-    """...and the pruned model still predicts: worse than the dense model, far better than guessing
-    uniformly over the vocabulary (a calibration that feeds later blocks the wrong states does not)."""
+    """...and the pruned model still predicts: worse than the dense model, better than guessing uniformly
+    over the vocabulary (a calibration that feeds later blocks the wrong states does not)."""
     options = {"calib_data": "default", "calib_samples": 4, **({"stage2_samples": 2} if method == "2ssp" else {})}
     result = hubprune.prune(str(gguf_file()), method, sparsity=0.25, output=tmp_path / method, device="cpu",
                             seq_len=256, options=options, ppl=[])
