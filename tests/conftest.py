@@ -30,7 +30,7 @@ REAL_CONFIGS = {"llama3": "llama-3.1-8b.json", "qwen3": "qwen3-0.6b.json", "gemm
 
 def shaped_config(file: str, layers: int = 6):
     """A real model's published config shrunk to a tiny model: width 64, 8 heads of 16 (the KV heads in the
-    published ratio), FFN 96, its first `layers` layers (with their attention types and RoPE pattern), a
+    published ratio), FFN 192, its first `layers` layers (with their attention types and RoPE pattern), a
     window of 8 tokens and a vocabulary of 128; every other setting (norms, RoPE type and scaling, tying,
     attention scalars) as published."""
     from transformers import AutoConfig
@@ -38,7 +38,7 @@ def shaped_config(file: str, layers: int = 6):
     data = json.loads((CONFIGS / file).read_text())
     kv_ratio = data["num_attention_heads"] // data.get("num_key_value_heads", data["num_attention_heads"])
     data.update(hidden_size=64, num_attention_heads=8, num_key_value_heads=max(1, 8 // kv_ratio), head_dim=16,
-                intermediate_size=96, num_hidden_layers=layers, vocab_size=128, pad_token_id=0, bos_token_id=1,
+                intermediate_size=192, num_hidden_layers=layers, vocab_size=128, pad_token_id=0, bos_token_id=1,
                 eos_token_id=2)
     for key in ("layer_types", "no_rope_layers"):
         if key in data:

@@ -110,10 +110,9 @@ class Family:
     def position_embeddings(self, model, embeds: torch.Tensor, position_ids: torch.Tensor):
         """(cos, sin), or {layer type: (cos, sin)} for a family with one RoPE per attention type (Gemma 3's
         local and global bases, OLMo 3)."""
-        rotary = self.decoder(model).rotary_emb
-        if isinstance(rotary.rope_type, dict):
-            return {kind: rotary(embeds, position_ids, kind) for kind in rotary.rope_type}
-        return rotary(embeds, position_ids=position_ids)
+        from ..modeling.modeling_hubprune import rope  # what the pruned format's forward computes
+
+        return rope(self.decoder(model).rotary_emb, embeds, position_ids)
 
     def final(self, model, hidden: torch.Tensor) -> torch.Tensor:
         """Final hidden states -> the head's input."""
@@ -143,9 +142,9 @@ class Family:
 
     def logits(self, model, head_input: torch.Tensor) -> torch.Tensor:
         """The head on the final norm's output (Gemma's final soft-capping included)."""
-        logits = model.lm_head(head_input)
-        cap = getattr(model.config, "final_logit_softcapping", None)
-        return logits if cap is None else torch.tanh(logits / cap) * cap
+        from ..modeling.modeling_hubprune import soft_cap
+
+        return soft_cap(model.lm_head(head_input), model.config)
 
     def has_mlp(self, layer) -> bool:
         return getattr(layer, "mlp", None) is not None

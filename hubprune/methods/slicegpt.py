@@ -98,7 +98,8 @@ class SliceGPT(PruningMethod):
         if not family.residual_slicing:
             supported = ", ".join(name for name, f in FAMILIES.items() if f.residual_slicing)
             raise UnsupportedArchitectureError(
-                f"--method slicegpt supports RMSNorm families ({supported}), not {config.model_type}")
+                f"--method slicegpt folds the RMSNorm before each sub-module into the layers after it, and "
+                f"{config.model_type}'s norms do not fold that way; it supports {supported}")
         if getattr(config, "block_configs", None) is not None:
             raise UnsupportedArchitectureError("--method slicegpt rotates a dense model; this one is already pruned")
         slicing(model, sparsity)

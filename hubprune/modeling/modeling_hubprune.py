@@ -300,6 +300,19 @@ def rotary_embedding(family: str, config) -> nn.Module:
     return _stock(family, "RotaryEmbedding")(config=config)
 
 
+def rope(rotary: nn.Module, hidden_states: torch.Tensor, position_ids: torch.Tensor):
+    """(cos, sin), or {attention type: (cos, sin)} for a family with one RoPE per type (Gemma 3, OLMo 3)."""
+    if isinstance(rotary.rope_type, dict):
+        return {kind: rotary(hidden_states, position_ids, kind) for kind in rotary.rope_type}
+    return rotary(hidden_states, position_ids=position_ids)
+
+
+def soft_cap(logits: torch.Tensor, config) -> torch.Tensor:
+    """Gemma's final logit soft-capping, when the config sets one."""
+    cap = getattr(config, "final_logit_softcapping", None)
+    return logits if cap is None else torch.tanh(logits / cap) * cap
+
+
 class HubPrunePreTrainedModel(PreTrainedModel):
     base_model_prefix = "model"
     supports_gradient_checkpointing = True
@@ -393,11 +406,7 @@ class HubPruneModel(HubPrunePreTrainedModel):
             masks["sliding_attention"] = create_sliding_window_causal_mask(**mask_kwargs)
 
         hidden_states = inputs_embeds
-        if isinstance(self.rotary_emb.rope_type, dict):  # one RoPE per attention type (Gemma 3, OLMo 3)
-            position_embeddings = {kind: self.rotary_emb(hidden_states, position_ids, kind)
-                                   for kind in self.rotary_emb.rope_type}
-        else:
-            position_embeddings = self.rotary_emb(hidden_states, position_ids=position_ids)
+        position_embeddings = rope(self.rotary_emb, hidden_states, position_ids)
         for layer_idx, decoder_layer in enumerate(self.layers):
             kind = layer_types[layer_idx]
             hidden_states = decoder_layer(
@@ -447,10 +456,7 @@ class HubPruneForCausalLM(HubPrunePreTrainedModel, GenerationMixin):
             **kwargs,
         )
         hidden_states = slice_logits_to_keep(outputs.last_hidden_state, logits_to_keep)
-        logits = self.lm_head(hidden_states)
-        cap = getattr(self.config, "final_logit_softcapping", None)  # Gemma
-        if cap is not None:
-            logits = torch.tanh(logits / cap) * cap
+        logits = soft_cap(self.lm_head(hidden_states), self.config)
         loss = None
         if labels is not None:
             loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs)
