@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 
 # Before anything imports huggingface_hub: uploads to the local test Hub go through the LFS protocol
@@ -76,6 +77,19 @@ def tiny_model(family: str, seed: int = 0):
             elif "norm" in name:
                 param.add_(torch.randn_like(param), alpha=0.2)
     return model
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _module_folders_removed(tmp_path_factory):
+    """The folders a test module's fixtures wrote (pruned real models, a local Hub) go when the module
+    ends, so that a whole run needs a few GB of disk, not the sum of every module's. `method_outputs`'
+    folders stay: that fixture serves the whole session."""
+    base = tmp_path_factory.getbasetemp()
+    before = set(base.iterdir())
+    yield
+    for path in set(base.iterdir()) - before:
+        if not path.name.startswith("methods-"):
+            shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture(params=FAMILIES)
