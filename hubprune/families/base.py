@@ -71,13 +71,13 @@ class Family:
         return self.mlp_norms[0] + "."
 
     def is_norm_param(self, local_name: str) -> bool:
-        return local_name.startswith(tuple(n + "." for n in (*self.attention_norms, *self.mlp_norms) if n))
+        return local_name.startswith(_prefixes(*self.attention_norms, *self.mlp_norms))
 
     def is_attention_param(self, local_name: str) -> bool:
-        return local_name.startswith((self.attention_prefix, *(n + "." for n in self.attention_norms if n)))
+        return local_name.startswith((self.attention_prefix, *_prefixes(*self.attention_norms)))
 
     def is_mlp_param(self, local_name: str) -> bool:
-        return local_name.startswith((*self.mlp_weights, *(n + "." for n in self.mlp_norms if n)))
+        return local_name.startswith((*self.mlp_weights, *_prefixes(*self.mlp_norms)))
 
     def set_ffn_width(self, config_dict: dict, width: int) -> None:
         config_dict["intermediate_size"] = width
@@ -203,3 +203,8 @@ class Family:
         """Rewrite config fields indexed by layer after blocks are removed (in place)."""
         if getattr(source_config, "layer_types", None) is not None:
             config_dict["layer_types"] = [source_config.layer_types[l] for l in kept_layers]
+
+
+def _prefixes(*modules: str | None) -> tuple[str, ...]:
+    """Weight-name prefixes of the named sub-modules (None: no such module)."""
+    return tuple(m + "." for m in modules if m)
