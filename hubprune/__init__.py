@@ -5,6 +5,7 @@ Library API (the CLI is a thin layer over it):
     import hubprune
     result = hubprune.prune("default", "manual", options={"plan": "plan.yaml"}, output="out", ppl=["default"])
     hubprune.evaluate("out", ppl=["default"], tasks=["piqa"], speed=True)
+    hubprune.heal_output("out", output="out-healed", heal={"steps": 200}, ppl=["default"])
     hubprune.push(repo_id="me/model", from_dir="out")
     hubprune.load_model("meta-llama/Llama-2-7b-hf", device="cuda", dtype="bfloat16")
 """
@@ -15,6 +16,7 @@ _EXPORTS = {
     "HubPruneError": "errors", "model_info": "info", "load_model": "loading", "get_method": "methods",
     "register": "methods", "PruneJob": "job", "EvalSettings": "evaluation.settings", "PruneResult": "pipeline",
     "evaluate": "pipeline", "prune": "pipeline", "PrunePlan": "plan", "apply_plan": "surgery", "push": "push", "render_card": "card",
+    "HealSettings": "heal.settings", "heal_output": "heal.run",
 }
 __all__ = ["__version__", *_EXPORTS]
 

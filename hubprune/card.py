@@ -71,14 +71,17 @@ def recipe(job: dict, repo_id: str | None = None) -> dict:
     """The `hubprune push --recipe` entry that repeats this run (`job`: hubprune.json's): the settings
     that differ from their defaults."""
     from .evaluation.settings import EvalSettings
+    from .heal.settings import HealSettings
     from .job import PRUNE_KEYS_IN_PUSH, PruneJob
 
     entry = {"model": job["model"], "method": job["method"], "sparsity": job.get("sparsity"), "repo_id": repo_id}
-    settings = {k: job[k] for k in PRUNE_KEYS_IN_PUSH if k in job and k not in entry and k not in ("options", "evaluation")}
+    settings = {k: job[k] for k in PRUNE_KEYS_IN_PUSH if k in job and k not in entry
+                and k not in ("options", "evaluation", "heal")}
     entry.update(schema.changed(PruneJob, settings))
     entry["source_revision"] = job.get("revision")  # in a recipe, `revision` is the branch pushed to
     entry["options"] = {k: v for k, v in job.get("options", {}).items() if v is not None}
     entry["evaluation"] = schema.changed(EvalSettings, job.get("evaluation", {}))
+    entry["heal"] = schema.changed(HealSettings, job.get("heal", {}))
     return {k: v for k, v in entry.items() if v not in (None, [], {})}
 
 
@@ -86,12 +89,13 @@ def command(job: dict) -> str:
     """The `hubprune prune` command line of this run (the recipe's settings as flags)."""
     from .errors import UnknownMethodError
     from .evaluation.settings import EvalSettings
+    from .heal.settings import HealSettings
     from .job import PruneJob
     from .methods import get_method
 
     entry = recipe(job)
     args = ["hubprune", "prune", entry.pop("model"), "--method", entry.pop("method")]
-    options, evaluation = entry.pop("options", {}), entry.pop("evaluation", {})
+    options, evaluation, heal = entry.pop("options", {}), entry.pop("evaluation", {}), entry.pop("heal", {})
     if "source_revision" in entry:
         entry["revision"] = entry.pop("source_revision")
     args += schema.as_flags(PruneJob, entry)
@@ -100,6 +104,7 @@ def command(job: dict) -> str:
     except UnknownMethodError:  # a method this process does not know: its options by their names
         args += [a for k, v in options.items() for a in (f"--{k.replace('_', '-')}", str(v))]
     args += schema.as_flags(EvalSettings, evaluation)
+    args += schema.as_flags(HealSettings, heal)
     return " ".join(shlex.quote(a) for a in args) + " --output OUT"
 
 
@@ -116,26 +121,29 @@ def eval_results(results: dict | None) -> list:
     """model-index entries for the pruned model's numbers (perplexity, task accuracy)."""
     from huggingface_hub import EvalResult
 
+    from .evaluation.report import published_role
+
     if not results:
         return []
+    role = published_role(results)  # the numbers of the model published
     out = []
     for name, entry in results["perplexity"].items():
-        if "pruned" not in entry:
+        if role not in entry:
             continue
         dataset, pretty, config, split = PPL_DATASETS.get(name, (name, name, None, entry["protocol"]["corpus"].get("split")))
         out.append(EvalResult(task_type="text-generation", dataset_type=dataset, dataset_name=pretty,
                               dataset_config=config, dataset_split=split,
                               dataset_revision=entry["protocol"]["corpus"].get("revision"),
                               metric_type="perplexity", metric_name=f"perplexity ({entry['protocol']['seq_len']}-token windows)",
-                              metric_value=round(entry["pruned"]["perplexity"], 4)))
+                              metric_value=round(entry[role]["perplexity"], 4)))
     for name, entry in results["downstream"].items():
-        if "pruned" not in entry or entry["protocol"]["limit"] is not None:  # --limit runs are checks, not results
+        if role not in entry or entry["protocol"]["limit"] is not None:  # --limit runs are checks, not results
             continue
         dataset, pretty, config = TASK_DATASETS.get(name, (name, name, None))
         source = entry["protocol"]["source"]
         out.append(EvalResult(task_type="text-generation", dataset_type=dataset, dataset_name=pretty,
                               dataset_config=config, dataset_split=entry["protocol"].get("split"),
-                              metric_type="acc", metric_value=round(entry["pruned"]["acc"], 4),
+                              metric_type="acc", metric_value=round(entry[role]["acc"], 4),
                               metric_name="accuracy (0-shot, lm-eval" + (", local files)" if source == "local" else ")")))
     return out
 
@@ -146,7 +154,7 @@ def render_card(folder: str | Path, *, repo_id: str | None = None, template: str
     on branch `revision` [main]."""
     from huggingface_hub import ModelCard, ModelCardData
 
-    from .evaluation.report import format_value, result_rows, speed_summary
+    from .evaluation.report import format_value, result_rows, roles_in, speed_summary
     from .info import model_info
 
     folder = Path(folder)
@@ -174,7 +182,9 @@ def render_card(folder: str | Path, *, repo_id: str | None = None, template: str
     context = dict(
         repo_id=repo_id or folder.name, record=record, job=job, source=source, method=method, plan=plan,
         paper=paper, citation=paper.bibtex(method) if paper else None, info=info, blocks=info.get("blocks"),
-        rows=result_rows(results) if results else [], results=results, fmt=format_value, command=command(job),
+        rows=result_rows(results) if results else [], roles=roles_in(results) if results else [],
+        results=results, fmt=format_value, command=command(job), heal=record.get("heal"),
+        heal_params=_heal_params(record.get("heal")),
         speed_note=speed_summary(results) if results else None,
         recipe=yaml.safe_dump({"jobs": [recipe(job, repo_id)]}, sort_keys=False).strip(),
         transformers_range=TRANSFORMERS_RANGE, hubprune_version=__version__,
@@ -185,6 +195,15 @@ def render_card(folder: str | Path, *, repo_id: str | None = None, template: str
         return ModelCard.from_template(card_data, template_path=str(template), **context)
     except Exception as exc:  # noqa: BLE001 - a user's template: say where it broke
         raise HubPruneError(f"cannot render the model card from {template}: {type(exc).__name__}: {exc}") from None
+
+
+def _heal_params(heal: dict | None) -> str | None:
+    if not heal:
+        return None
+    s = heal["settings"]
+    what = (f"LoRA adapters of rank {s['lora_rank']} merged into the weights" if s["params"] == "lora"
+            else "every weight of the blocks")
+    return f"{what} ({heal['trainable_parameters']:,} parameters), learning rate {s['lr']:g}"
 
 
 def _serving(folder: Path, repo_id: str, revision: str | None) -> list[dict]:

@@ -127,6 +127,13 @@ def _prune_options(p: argparse.ArgumentParser, groups: dict) -> None:
             groups[title] = p.add_argument_group(title)
         schema.add_argument(groups[title], options_class, f, unset=True, defaults=_defaults_text(owners))
     _eval_options(p, groups)
+    _heal_options(p, groups)
+
+
+def _heal_options(p: argparse.ArgumentParser, groups: dict) -> None:
+    from .heal.settings import HealSettings
+
+    schema.add_arguments(p, HealSettings, groups=groups)
 
 
 def _eval_options(p: argparse.ArgumentParser, groups: dict) -> None:
@@ -136,6 +143,8 @@ def _eval_options(p: argparse.ArgumentParser, groups: dict) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .evaluation.settings import EvalSettings
+    from .heal.settings import HealSettings
     from .job import PUBLISHING, PruneJob, PushSettings
 
     parser = _Parser(prog="hubprune", description=DESCRIPTION, epilog=EPILOG,
@@ -182,6 +191,26 @@ def build_parser() -> argparse.ArgumentParser:
     publishing.add_argument("--dry-run", action="store_true",
                             help="do everything but the upload, and list the files that would be uploaded")
     _prune_options(u, groups)
+
+    h = sub.add_parser("heal", help="heal a pruned output: distil it from its dense source (knowledge distillation)",
+                       description="Train the hubprune output DIR to match the dense model it was pruned from (the "
+                                   "source in DIR/hubprune.json, or --teacher): forward KL on next-token distributions, "
+                                   "LoRA merged back or all weights, as `prune --heal kd` does. Writes a new output "
+                                   "folder with the healed weights, hubprune.json extended with the healing record, and "
+                                   "with --ppl/--tasks a results.json of dense, pruned and healed measured in this run. "
+                                   "An interrupted run resumes from the run folder next to --output.",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    h.add_argument("folder", metavar="DIR", help="a hubprune output folder (or Hub id)")
+    h.add_argument("--output", "-o", required=True, help="the healed output folder")
+    h.add_argument("--teacher", metavar="MODEL", help="dense model to distil from [the source DIR was pruned from]")
+    h.add_argument("--token", help="Hub token (default: HF_TOKEN or the saved `hf auth login`)")
+    h.add_argument("--seed", type=int, help="random seed [the pruning run's]")
+    h.add_argument("--seq-len", type=int, metavar="N", help="tokens per window [the pruning run's --seq-len]")
+    for name in ("device", "overwrite", "trust_remote_code"):
+        schema.add_argument(h, PruneJob, next(f for f in schema.fields(PruneJob) if f.name == name))
+    groups = {}
+    schema.add_arguments(h, HealSettings, skip=("method",), groups=groups)
+    schema.add_arguments(h, EvalSettings, skip=("seq_len",), groups=groups)
 
     c = sub.add_parser("card", help="render a pruned folder's model card (README.md)",
                        description="Render DIR/README.md from the run's hubprune.json and results.json with the "
@@ -258,6 +287,8 @@ def _run(args: argparse.Namespace) -> None:
         print(f"output: {result.output}  ({record['architecture']})")
     elif args.command == "push":
         _push(args)
+    elif args.command == "heal":
+        _heal(args)
     elif args.command == "export":
         from .serving import export
 
@@ -290,14 +321,55 @@ def _run(args: argparse.Namespace) -> None:
             print(f"results: {args.output}/results.json")
 
 
+def _heal(args: argparse.Namespace) -> None:
+    from .evaluation.settings import EvalSettings
+    from .heal.settings import HealSettings, heal_settings
+    from .references import check_model_reference
+
+    heal = {k: v for k, v in schema.from_args(HealSettings, args).items() if k != "method"}
+    evaluation = {k: v for k, v in schema.from_args(EvalSettings, args).items() if k != "seq_len"}  # heal's own
+    if args.seq_len is not None and args.seq_len < 2:
+        raise InvalidOptionError(f"--seq-len {args.seq_len}: must be at least 2")
+    heal_settings({"method": "kd", **heal}).check_not_evaluated(evaluation["ppl"])  # before torch is imported
+    schema.build(EvalSettings, evaluation, "heal")
+    check_model_reference(args.folder)
+    if args.teacher:
+        check_model_reference(args.teacher)
+    from .heal.run import heal_output
+
+    ppl, max_windows = evaluation.pop("ppl"), evaluation.pop("max_windows")
+    result = heal_output(args.folder, output=args.output, heal=schema.changed(HealSettings, heal), teacher=args.teacher,
+                         device=args.device, token=args.token, seed=args.seed, overwrite=args.overwrite,
+                         trust_remote_code=args.trust_remote_code, ppl=ppl, seq_len=args.seq_len,
+                         max_windows=max_windows, evaluation=schema.changed(EvalSettings, evaluation))
+    _print_heal(result.record)
+    print(f"output: {result.output}")
+
+
+def _heal_line(heal: dict) -> str:
+    """What healing did: tokens, time, the loss from the first to the last step."""
+    return (f"healed with {heal['settings']['params']} on {heal['tokens']:,} tokens of {heal['data']['name']} in "
+            f"{heal['seconds']:.0f} s: KD loss {heal['loss']['first']:.4f} -> {heal['loss']['last']:.4f}")
+
+
+def _print_heal(record: dict) -> None:
+    print(_heal_line(record["heal"]))
+    if record.get("evaluation"):
+        from .evaluation.report import format_results
+
+        print(format_results(record["evaluation"]))
+
+
 def _job_fields(args: argparse.Namespace) -> dict:
     """The `PruneJob` settings a prune / push command line gives (the method's options among them)."""
     from .evaluation.settings import EvalSettings
+    from .heal.settings import HealSettings
     from .job import PruneJob
 
     fields = schema.from_args(PruneJob, args)
     fields["options"] = {name: getattr(args, name) for name in _method_options() if getattr(args, name) is not None}
     fields["evaluation"] = {k: v for k, v in schema.from_args(EvalSettings, args).items() if k not in fields}
+    fields["heal"] = schema.changed(HealSettings, schema.from_args(HealSettings, args))
     return fields
 
 
@@ -335,6 +407,8 @@ def _print_summary(record: dict) -> None:
           f"{record['parameters']['pruned']['total']:,} parameters")
     if record["method_report"].get("summary"):
         print(f"{job['method']}: {record['method_report']['summary']}")
+    if record.get("heal"):
+        print(_heal_line(record["heal"]))
     if record.get("evaluation"):
         from .evaluation.report import format_results
 

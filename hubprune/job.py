@@ -13,6 +13,7 @@ from pathlib import Path
 from . import schema
 from .errors import InvalidOptionError
 from .evaluation.settings import EvalSettings
+from .heal.settings import HealSettings, heal_settings
 from .methods import get_method
 from .references import check_model_reference
 from .serving import GGUF_DTYPES, check_formats, check_job
@@ -72,6 +73,8 @@ class PruneJob:
         "float32", choices=tuple(GGUF_DTYPES), group=SERVING,
         help="weights type of the gguf export; norms stay float32. q8_0: llama.cpp's 8-bit blocks of 32 (a matrix "
              "whose rows are not whole blocks, e.g. an unaligned FFN width, stays float16)")
+    heal: dict = schema.setting(default_factory=dict, cli=False,
+                                help="healing after pruning (HealSettings: method, steps, ...); empty: no healing")
     trust_remote_code: bool = schema.setting(
         False, group=MODEL,
         help="let a model that ships its own Python code (auto_map) run it; read that code first. Never needed for "
@@ -83,6 +86,9 @@ class PruneJob:
     def eval_settings(self) -> EvalSettings:
         return schema.build(EvalSettings, {"ppl": self.ppl, "seq_len": self.seq_len, "max_windows": self.max_windows,
                                            **self.evaluation}, "evaluation")
+
+    def heal_settings(self) -> HealSettings:
+        return heal_settings(self.heal)
 
     def resume_key(self) -> dict:
         """The settings a run folder's saved steps depend on (not where the output goes)."""
@@ -106,6 +112,11 @@ class PruneJob:
         options = method.configure(self.options)
         check_job(self.export, self.method, method.plan_keys(options))
         self.eval_settings()
+        heal = self.heal_settings()
+        heal.check_not_evaluated(self.ppl)
+        if heal and self.offload:
+            raise InvalidOptionError("--heal trains the pruned model, which needs it whole in memory: drop --offload "
+                                     "(or prune with --offload, then run `hubprune heal` where the output fits)")
 
 
 @dataclass

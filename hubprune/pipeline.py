@@ -22,6 +22,8 @@ from .embedded import DEFAULT_MODEL
 from .errors import HubPruneError, InvalidOptionError
 from .evaluation.settings import RESULTS_FILENAME, EvalSettings
 from .evaluation.suite import Evaluation
+from .heal.teacher import TeacherDistributions, healing_windows
+from .heal.train import Healer
 from .job import PruneJob
 from .export import (
     save_companions,
@@ -37,7 +39,7 @@ from .methods import Calibration, PruneContext, get_method
 from .plan import BoundPlan, PrunePlan
 from .privacy import public
 from .runs import LayerTensors, RunFolder, default_run_dir
-from .sequential import ShardReader
+from .sequential import DecoderStack, ShardReader
 from .serving import check_source, check_tokenizer, write_exports
 from .surgery import apply_plan, bind_plan, decoder_parameters, model_class, pruned_config, total_parameters
 
@@ -124,11 +126,22 @@ def _prune(job: PruneJob, *, token: str | None, loaded: LoadedModel | None) -> P
     dense = loaded.model
     settings = job.eval_settings()
     settings.check_in_memory(loaded.shards is not None)
+    heal = job.heal_settings()
+    if heal and loaded.shards is not None:
+        raise InvalidOptionError("--heal trains the pruned model, which needs it whole in memory, and this model is "
+                                 "streamed block by block (it does not fit): prune without --heal, then run "
+                                 "`hubprune heal` on the output on a machine where it fits")
     key = {"job": job.resume_key(), "source_revision": loaded.source.revision, "hubprune": __version__}
     with RunFolder(run_dir or default_run_dir(output), key) as run, Evaluation(settings, run=run, seed=seed) as evaluation:
         reused = run.steps()
         if settings:  # before pruning: the speed of the dense model is measured while it is intact
             evaluation.add("dense", loaded, str(model))
+
+        teacher = heal_data = None
+        if heal:  # from the intact dense model, before any method touches it; kept in the run folder
+            heal_windows, heal_data = healing_windows(heal, loaded, seq_len, seed)
+            teacher = TeacherDistributions(run.file("heal-teacher"), heal_windows, dense.lm_head.out_features, heal.topk)
+            teacher.compute(DecoderStack(loaded), heal_windows)
 
         restored = LayerTensors(run.file("restored"))
         fresh: dict = {}
@@ -167,8 +180,9 @@ def _prune(job: PruneJob, *, token: str | None, loaded: LoadedModel | None) -> P
             "environment": environment(loaded.device),
         }
 
-        def complete(pruned_loaded: LoadedModel, apply_seconds: float) -> None:
-            """Counts, evaluation and timings of the pruned model into `record` (and the config's summary)."""
+        def complete(pruned_loaded: LoadedModel, apply_seconds: float) -> LoadedModel:
+            """Counts, evaluation and timings of the pruned model into `record` (and the config's summary);
+            with --heal, the model healed and evaluated again. Returns the model to write."""
             pruned_model = pruned_loaded.model
             pruned_counts = {"total": total_parameters(pruned_model), "decoder": decoder_parameters(pruned_model)}
             achieved = 1 - pruned_counts["decoder"] / dense_counts["decoder"]
@@ -176,6 +190,13 @@ def _prune(job: PruneJob, *, token: str | None, loaded: LoadedModel | None) -> P
                            parameters_pruned=pruned_counts["total"])
             if settings:
                 evaluation.add("pruned", pruned_loaded, output.name)
+            if heal:
+                healed, report = Healer(pruned_model, loaded.family, teacher, heal_windows, heal, folder=run.file("heal"),
+                                        seed=seed, device=loaded.device).run()
+                pruned_loaded = _in_memory(healed, loaded)
+                record["heal"] = {**report, "data": heal_data}
+                if settings:
+                    evaluation.add("healed", pruned_loaded, output.name)
             record.update(
                 architecture="hubprune remote code" if getattr(pruned_model.config, "auto_map", None) else "stock transformers",
                 sparsity={"definition": SPARSITY_DEFINITION, "requested": sparsity,
@@ -184,13 +205,14 @@ def _prune(job: PruneJob, *, token: str | None, loaded: LoadedModel | None) -> P
                 timing_seconds={"select": select_seconds, "apply": apply_seconds, "prune": select_seconds + apply_seconds},
                 evaluation=evaluation.document(record["environment"]) if settings else None,
             )
+            return pruned_loaded
 
         shard_size = source_shard_size(loaded.source.path)
         pruned = None
         if loaded.shards is None:
             started = time.perf_counter()
             pruned = apply_plan(dense, bound, overrides=refitted)
-            complete(_in_memory(pruned, loaded), time.perf_counter() - started)
+            pruned = complete(_in_memory(pruned, loaded), time.perf_counter() - started).model
             pruned.config.hubprune = summary
             with atomic_folder(output, overwrite) as folder:
                 save_model_folder(folder, pruned, loaded.tokenizer, plan=bound.plan, record=record,
@@ -288,7 +310,7 @@ def evaluate(model: str, *, ppl: list[str] | None = None, output: str | Path | N
             evaluation.add(role, loaded, reference)
             environment_info = environment(loaded.device)
             del loaded
-            _release_memory()
+            release_memory()
         results = evaluation.document(environment_info)
         if results_path is not None:
             results_path.parent.mkdir(parents=True, exist_ok=True)
@@ -308,7 +330,9 @@ def _hubprune_record(model: str, revision: str | None, token: str | None, trust_
     return json.loads(file.read_text()) if file.is_file() else None
 
 
-def baseline_reference(record: dict | None, baseline: str | None) -> str | None:
+def baseline_reference(record: dict | None, baseline: str | None, flag: str = "--baseline") -> str | None:
+    """The dense model to compare with (or distil from): `baseline`, or with 'auto' the source recorded
+    in a hubprune output's `record`."""
     if baseline in (None, "none"):
         return None
     if baseline != "auto":
@@ -318,11 +342,12 @@ def baseline_reference(record: dict | None, baseline: str | None) -> str | None:
     source = record["source"]
     if not source.get("repo_id") and source.get("reference") != DEFAULT_MODEL:
         raise InvalidOptionError(f"this model was pruned from the local model {source.get('reference')!r}, whose path "
-                                 "is not recorded (outputs name no local paths): pass --baseline PATH, or --baseline none")
+                                 f"is not recorded (outputs name no local paths): pass {flag} PATH"
+                                 + (", or --baseline none" if flag == "--baseline" else ""))
     return source["reference"]
 
 
-def _release_memory() -> None:
+def release_memory() -> None:
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()

@@ -66,6 +66,9 @@ def push(model: str | None = None, method: str | None = None, *, repo_id: str, t
         folder = Path(publishing.from_dir)
         if not (folder / "hubprune.json").is_file():
             raise InvalidOptionError(f"--from-dir {folder}: not a hubprune output folder (no hubprune.json)")
+        if job_fields.get("heal"):
+            raise InvalidOptionError("--from-dir publishes a folder as it is: heal it first (`hubprune heal DIR "
+                                     "--output HEALED`), then push --from-dir HEALED")
     else:
         if not model or not method:
             raise InvalidOptionError("push needs MODEL and --method (or --from-dir with an already pruned folder)")
@@ -136,7 +139,8 @@ jobs:
     repo_id: me/Llama-2-7b-fasp{sparsity_pct}
     options: {calib_samples: 128}
     ppl: [wikitext2]
-    evaluation: {tasks: [arc_easy, piqa], speed: true}"""
+    evaluation: {tasks: [arc_easy, piqa], speed: true}
+    heal: {method: kd, steps: 200}        # optional: distil from the dense model after pruning"""
 
 
 def load_recipe(path: str | Path) -> list[dict]:

@@ -54,6 +54,11 @@ def flag(f: Field) -> str:
     return "--" + (f.metadata["flag"] or f.name.replace("_", "-"))
 
 
+def dest(f: Field) -> str:
+    """The attribute the parsed command line holds the setting in (unique per parser, like the flag)."""
+    return flag(f)[2:].replace("-", "_")
+
+
 def default(f: Field):
     if f.default is not MISSING:
         return f.default
@@ -138,7 +143,7 @@ def add_argument(group, cls: type, f: Field, *, unset: bool = False, defaults: s
     base, _ = kind(cls, f.name)
     meta = f.metadata
     value = None if unset else default(f)
-    kwargs = {"dest": f.name, "help": _help(f, defaults)}
+    kwargs = {"dest": dest(f), "help": _help(f, defaults)}
     if base is bool:
         kwargs.update(action="store_const", const=True, default=value)
     else:
@@ -168,7 +173,7 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type, *, skip: tuple[str
 
 def from_args(cls: type, args: argparse.Namespace) -> dict:
     """The values of `cls`'s command-line settings that the parser holds."""
-    return {f.name: getattr(args, f.name) for f in cli_fields(cls) if hasattr(args, f.name)}
+    return {f.name: getattr(args, dest(f)) for f in cli_fields(cls) if hasattr(args, dest(f))}
 
 
 def changed(cls: type, values: dict) -> dict:

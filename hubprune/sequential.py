@@ -283,6 +283,22 @@ def mlp_parameters(layer: torch.nn.Module, family, keep: torch.Tensor | None) ->
 
 
 @torch.no_grad()
+def final_states(stack: DecoderStack, sequences: torch.Tensor, *, batch: int, desc: str,
+                 progress: bool = True) -> list[torch.Tensor]:
+    """The final hidden states [1, seq, d] of each of `sequences` [count, seq], the blocks walked once."""
+    states = [stack.embed(sequences[i:i + 1]) for i in range(sequences.shape[0])]
+    for index in tqdm(range(stack.num_layers), desc=desc, disable=not progress, leave=False):
+        with stack.block(index) as layer:
+            states = stack.run_batched(layer, index, states, batch)
+    return states
+
+
+def token_chunk(vocab: int) -> int:
+    """Tokens per head evaluation, so fp32 logits of a chunk stay near 512 MB whatever the vocabulary."""
+    return max(1, 2**27 // vocab)
+
+
+@torch.no_grad()
 def stack_perplexity(stack: DecoderStack, windows: torch.Tensor, *, mode: str = "accurate", desc: str = "perplexity",
                      progress: bool = True):
     """Perplexity computed block by block (same protocol as `evaluation.perplexity`); every window's

@@ -79,16 +79,19 @@ def tiny_model(family: str, seed: int = 0):
     return model
 
 
+SESSION_FOLDER = "session-"  # the prefix of a session fixture's folder
+
+
 @pytest.fixture(scope="module", autouse=True)
 def _module_folders_removed(tmp_path_factory):
     """The folders a test module's fixtures wrote (pruned real models, a local Hub) go when the module
-    ends, so that a whole run needs a few GB of disk, not the sum of every module's. `method_outputs`'
-    folders stay: that fixture serves the whole session."""
+    ends, so that a whole run needs a few GB of disk, not the sum of every module's. Session fixtures'
+    folders (named `session-*`) stay: they serve the whole session."""
     base = tmp_path_factory.getbasetemp()
     before = set(base.iterdir())
     yield
     for path in set(base.iterdir()) - before:
-        if not path.name.startswith("methods-"):
+        if not path.name.startswith(SESSION_FOLDER):
             shutil.rmtree(path, ignore_errors=True)
 
 
@@ -229,7 +232,7 @@ def method_outputs(tmp_path_factory):
 
     def run(name: str):
         if name not in made:
-            folder = tmp_path_factory.mktemp(f"methods-{name}")
+            folder = tmp_path_factory.mktemp(f"{SESSION_FOLDER}methods-{name}")
             source = calibratable_model(folder / "src", family=name)
             results, refused = {}, {}
             for method in sorted(methods()):
@@ -243,6 +246,22 @@ def method_outputs(tmp_path_factory):
         return made[name]
 
     return run
+
+
+TWOSSP_SPARSITIES = (0.25, 0.5)
+TWOSSP_SEQ_LEN = 64  # short windows: the whole job does hundreds of block forwards
+
+
+@pytest.fixture(scope="session")
+def twossp_runs(embedded_model, tmp_path_factory):
+    """The embedded model pruned by 2SSP at each of TWOSSP_SPARSITIES (4 calibration windows), with dense and
+    pruned perplexity on 8 held-out windows: {sparsity: PruneResult}, shared by the 2SSP and healing tests."""
+    import hubprune
+
+    folder = tmp_path_factory.mktemp(f"{SESSION_FOLDER}2ssp")
+    return {s: hubprune.prune("default", "2ssp", sparsity=s, options={"calib_samples": 4}, output=folder / str(s),
+                              ppl=["default"], seq_len=TWOSSP_SEQ_LEN, max_windows=8, loaded=embedded_model)
+            for s in TWOSSP_SPARSITIES}
 
 
 def left_padded_batch(vocab: int, pad_id: int, seed: int = 1):

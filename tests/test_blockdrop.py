@@ -113,14 +113,14 @@ def test_removing_every_block_is_refused_before_loading(tmp_path):
 
 
 def test_blockpruner_equals_brute_force_greedy_search(embedded_model, tmp_path):
-    """One round (attention, then MLP) on one 64-token window, against the stock model with the chosen
+    """One round (attention, then MLP) on one 32-token window, against the stock model with the chosen
     sub-modules bypassed by output hooks and a whole-model forward per candidate."""
     from hubprune.data import calibration_windows
     from hubprune.evaluation.perplexity import perplexity
 
-    result = hubprune.prune("default", "blockpruner", sparsity=0.03, output=tmp_path / "bp", seq_len=64,
+    result = hubprune.prune("default", "blockpruner", sparsity=0.03, output=tmp_path / "bp", seq_len=32,
                             options={"calib_samples": 1}, loaded=embedded_model)
-    window, _ = calibration_windows(embedded_model.tokenizer, "default", 64, 1)
+    window, _ = calibration_windows(embedded_model.tokenizer, "default", 32, 1)
     model = embedded_model.model
     zero = lambda _module, _args, out: (torch.zeros_like(out[0]), out[1]) if isinstance(out, tuple) else torch.zeros_like(out)  # noqa: E731
     module = lambda layer, kind: getattr(model.model.layers[layer], "self_attn" if kind == "attention" else "mlp")  # noqa: E731

@@ -68,6 +68,17 @@ def test_help_documents_commands_plan_format_and_examples():
          "--alpha does not apply to --method fasp"),
         (["methods", "fsap"], "did you mean 'fasp'?"),
         (["push", "default", "--method", "2ssp", "--sparsity", "3", "--repo-id", "a/b"], "strictly between 0 and 1"),
+        (["prune", "default", "--method", "manual", "--plan", "p.yaml", "-o", "x", "--heal-steps", "5"],
+         "--heal-steps is a healing setting: add --heal kd"),
+        (["prune", "default", "--method", "manual", "--plan", "p.yaml", "-o", "x", "--heal", "kd", "--heal-data",
+          "wikitext2"], "evaluation text"),
+        (["prune", "default", "--method", "manual", "--plan", "p.yaml", "-o", "x", "--heal", "kd", "--offload"],
+         "needs it whole in memory"),
+        (["prune", "default", "--method", "manual", "--plan", "p.yaml", "-o", "x", "--heal", "kd", "--heal-data",
+          "p.yaml", "--ppl", "p.yaml"], "also in --ppl"),
+        (["heal", "x", "-o", "y", "--heal-topk", "-1"], "--heal-topk -1: must be at least 0"),
+        (["heal", "./missing", "-o", "y"], "no such model folder"),
+        (["push", "--from-dir", "made", "--repo-id", "a/b", "--heal", "kd"], "heal it first"),
     ],
 )
 def test_bad_input_gives_one_line_and_exit_code_2_at_once(args, message, tmp_path):
@@ -75,6 +86,8 @@ def test_bad_input_gives_one_line_and_exit_code_2_at_once(args, message, tmp_pat
     (tmp_path / "p.yaml").write_text("drop_blocks: [0]\n")
     (tmp_path / "latin1.yaml").write_bytes(b"# caf\xe9\ndrop_blocks: [0]\n")
     (tmp_path / "float.yaml").write_text("drop_blocks: [1.9]\n")
+    (tmp_path / "made").mkdir()
+    (tmp_path / "made" / "hubprune.json").write_text("{}")  # a hubprune output, as far as --from-dir checks
     started = time.perf_counter()
     out = subprocess.run([sys.executable, "-c", LIGHT, *args], capture_output=True, text=True, cwd=tmp_path)
     seconds = time.perf_counter() - started
@@ -85,7 +98,8 @@ def test_bad_input_gives_one_line_and_exit_code_2_at_once(args, message, tmp_pat
 
 
 def test_help_and_methods_do_not_import_torch():
-    for args in (["--help"], ["prune", "--help"], ["push", "--help"], ["methods"], ["methods", "evopress"]):
+    for args in (["--help"], ["prune", "--help"], ["push", "--help"], ["heal", "--help"], ["methods"],
+                 ["methods", "evopress"]):
         out = subprocess.run([sys.executable, "-c", LIGHT, *args], capture_output=True, text=True)
         assert out.returncode == 0 and "imported" not in out.stderr, (args, out.stderr)
 

@@ -119,16 +119,12 @@ def reference_run(embedded_model, tmp_path_factory):
     return run(embedded_model, tmp_path_factory.mktemp("evo") / "out")
 
 
-def test_search_is_deterministic_and_never_worse_than_its_first_parent(reference_run, embedded_model, tmp_path):
+def test_search_is_never_worse_than_its_first_parent(reference_run):
     report = reference_run.record["method_report"]
     assert report["generations_done"] == 2 and len(report["history"]) == 2
     kl = report["kl_all_calibration_tokens"]
     # The last selection step scores every calibration token and the parent takes part (elitism).
     assert kl["final"] <= kl["initial"] + 1e-9
-    again = run(embedded_model, tmp_path / "again")
-    assert searched(again.record) == searched(reference_run.record)
-    assert (tmp_path / "again" / "hubprune_plan.json").read_text() == \
-        (reference_run.output / "hubprune_plan.json").read_text()
 
 
 def test_export_reloads_with_the_in_memory_logits(reference_run, embedded_model):
@@ -145,6 +141,8 @@ def test_export_reloads_with_the_in_memory_logits(reference_run, embedded_model)
 
 def test_an_interrupted_search_resumes_at_its_generation_with_the_same_result(reference_run, embedded_model,
                                                                                tmp_path, monkeypatch):
+    """Generation 1 computed afresh, interrupted, generation 2 on resume: the same search as the reference
+    run, so this also shows that a search from scratch is deterministic."""
     checkpoint = evopress._checkpoint
 
     def interrupt_after_first_generation(context, rng, state):

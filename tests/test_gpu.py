@@ -69,3 +69,21 @@ def test_memory_efficient_attention_needs_value_widths_divisible_by_8(value_widt
         else:
             with pytest.raises(RuntimeError):
                 torch.nn.functional.scaled_dot_product_attention(q, q, v, is_causal=True)
+
+
+@pytest.mark.parametrize("params", ["lora", "all"])
+def test_healing_on_the_gpu_trains_under_bf16_autocast_with_fp32_masters(params, source, tmp_path):
+    corpus = str(source / "corpus.txt")
+    text = (source / "corpus.txt").read_text()
+    (tmp_path / "heal.txt").write_text(text[len(text) // 2:])  # not the start, which the perplexity reads
+    result = hubprune.prune(str(source), "2ssp", sparsity=0.25, output=tmp_path / "out", device="cuda",
+                            dtype="bfloat16", seq_len=256, ppl=[corpus], max_windows=8,
+                            options={"calib_data": corpus, "calib_samples": 4},
+                            heal={"method": "kd", "data": str(tmp_path / "heal.txt"), "steps": 8, "batch": 2, "params": params,
+                                  "checkpointing": True})
+    heal = result.record["heal"]
+    assert heal["precision"].startswith("bf16 autocast") and heal["peak_memory_bytes"]["device"] > 0
+    assert all(math.isfinite(x) for x in heal["loss"]["per_step"])
+    assert next(result.model.parameters()).dtype == torch.bfloat16  # back in the output dtype
+    (ppl,) = result.record["evaluation"]["perplexity"].values()
+    assert math.isfinite(ppl["healed"]["perplexity"])

@@ -3,6 +3,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+# healed: the pruned model after healing (then the output); it has the pruned shapes, so no speed of its own
+ROLES = ("dense", "pruned", "healed")
+
 
 @dataclass
 class Row:
@@ -11,6 +14,7 @@ class Row:
     metric: str
     dense: float | None
     pruned: float | None
+    healed: float | None
     note: str  # protocol in a few words
     higher_is_better: bool
 
@@ -27,28 +31,37 @@ def result_rows(doc: dict) -> list[Row]:
     rows = []
     for name, entry in doc["perplexity"].items():
         p = entry["protocol"]
-        rows.append(Row("perplexity", name, "perplexity", *(entry.get(r, {}).get("perplexity") for r in ("dense", "pruned")),
+        rows.append(Row("perplexity", name, "perplexity", *(entry.get(r, {}).get("perplexity") for r in ROLES),
                         f"{p['windows']} x {p['seq_len']} tokens, {p['mode']}", False))
     for name, entry in doc["downstream"].items():
         p = entry["protocol"]
         limit = f", limit {p['limit']:g}" if p["limit"] is not None else ""
         for metric in p["metrics"]:
-            rows.append(Row("downstream", name, metric, *(entry.get(r, {}).get(metric) for r in ("dense", "pruned")),
+            rows.append(Row("downstream", name, metric, *(entry.get(r, {}).get(metric) for r in ROLES),
                             f"0-shot, {_source_note(p)}{limit}", True))
     speed = doc.get("speed")
     if speed:
         p = speed["protocol"]
         rows.append(Row("speed", f"prefill {p['prefill_tokens']} tokens", "ms",
-                        *(speed.get(r, {}).get("prefill_ms") for r in ("dense", "pruned")), p["device"], False))
+                        *(speed.get(r, {}).get("prefill_ms") for r in ROLES), p["device"], False))
         for batch in p["decode_batches"]:
             rows.append(Row("speed", f"decode batch {batch}", "tokens/s",
-                            *(speed.get(r, {}).get("decode_tokens_per_second", {}).get(str(batch)) for r in ("dense", "pruned")),
+                            *(speed.get(r, {}).get("decode_tokens_per_second", {}).get(str(batch)) for r in ROLES),
                             p["device"], True))
-        if any(speed.get(r, {}).get("peak_memory_bytes") for r in ("dense", "pruned")):
+        if any(speed.get(r, {}).get("peak_memory_bytes") for r in ROLES):
             rows.append(Row("speed", "peak GPU memory", "GiB",
-                            *(_gib(speed.get(r, {}).get("peak_memory_bytes")) for r in ("dense", "pruned")),
+                            *(_gib(speed.get(r, {}).get("peak_memory_bytes")) for r in ROLES),
                             p["device"], False))
     return rows
+
+
+def roles_in(doc: dict) -> list[str]:
+    return [r for r in ROLES if r in doc["models"]]
+
+
+def published_role(doc: dict) -> str:
+    """The role whose numbers describe the output: healed when it was healed, else pruned."""
+    return "healed" if "healed" in doc["models"] else "pruned"
 
 
 def _gib(value: int | None) -> float | None:
@@ -66,7 +79,7 @@ def format_value(value: float | None, metric: str) -> str:
 
 def format_results(doc: dict) -> str:
     """A plain-text table: one line per number, dense and pruned side by side."""
-    roles = [r for r in ("dense", "pruned") if r in doc["models"]]
+    roles = roles_in(doc)
     lines = []
     for row in result_rows(doc):
         values = "  ".join(f"{r} {format_value(getattr(row, r), row.metric):>9}" for r in roles)
@@ -99,7 +112,7 @@ def speed_summary(doc: dict) -> str | None:
 
 def markdown_table(doc: dict) -> str:
     """The same numbers as a Markdown table (GitHub job summaries)."""
-    roles = [r for r in ("dense", "pruned") if r in doc["models"]]
+    roles = roles_in(doc)
     lines = ["| | metric | " + " | ".join(roles) + " | protocol |", "| --- | --- | " + "---: | " * len(roles) + "--- |"]
     for row in result_rows(doc):
         values = " | ".join(format_value(getattr(row, r), row.metric) for r in roles)

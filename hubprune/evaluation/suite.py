@@ -10,11 +10,11 @@ from typing import Callable
 
 from .. import __version__
 from .perplexity import perplexity
+from .report import ROLES
 from .settings import EvalSettings
 from .speed import SpeedSettings, measure_speed, timer_name
 from .tasks import TASKS, ResolvedTask, choose_source, lm_eval_version, resolve_tasks, run_tasks
 
-ROLES = ("dense", "pruned")
 SCHEMA_FILE = Path(__file__).with_name("results.schema.json")
 
 
@@ -43,7 +43,7 @@ class Evaluation:
         return make() if self.run is None else self.run.cached(name, make)
 
     def add(self, role: str, loaded, reference: str) -> dict:
-        """Evaluate `loaded` as `role` ('dense' or 'pruned'); returns its part of the results."""
+        """Evaluate `loaded` as `role` (one of ROLES); returns its part of the results."""
         if role not in ROLES:
             raise ValueError(f"role {role!r}")
         s = self.settings
@@ -61,7 +61,7 @@ class Evaluation:
             for task in tasks:
                 part["downstream"][task.name] = {"protocol": self._task_protocol(task, scores[task.name]),
                                                  "result": scores[task.name]}
-        if s.speed:
+        if s.speed and role != "healed":
             settings = SpeedSettings.for_device(loaded.device, s.speed_tokens, s.speed_batch)
             result = measure_speed(loaded.model, settings, seed=self.seed, desc=f"{role} speed")
             result["parameters"] = self.models[role]["parameters"]

@@ -13,20 +13,14 @@ import logging
 from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
 
 from ... import memory
-from ...sequential import DecoderStack
+from ...sequential import DecoderStack, final_states, token_chunk
 
 log = logging.getLogger("hubprune")
 
 Candidate = tuple[tuple[int, ...], tuple[int, ...]]  # (attention removed, MLP removed), layer indices sorted
 Minibatch = list[tuple[int, int]]  # (sequence index, tokens used from its start)
-
-
-def _token_chunk(vocab: int) -> int:
-    """Tokens per head evaluation, so fp32 logits of a chunk stay near 512 MB whatever the vocabulary."""
-    return max(1, 2**27 // vocab)
 
 
 def spills(nbytes: int) -> bool:
@@ -71,11 +65,8 @@ class DenseLogits:
 
     @torch.no_grad()
     def _compute(self, stack: DecoderStack, sequences: torch.Tensor, batch: int, progress: bool) -> None:
-        states = [stack.embed(sequences[i:i + 1]) for i in range(sequences.shape[0])]
-        for index in tqdm(range(stack.num_layers), desc="dense logits", disable=not progress, leave=False):
-            with stack.block(index) as layer:
-                states = stack.run_batched(layer, index, states, batch)
-        chunk = _token_chunk(self.logits.shape[-1])
+        states = final_states(stack, sequences, batch=batch, desc="dense logits", progress=progress)
+        chunk = token_chunk(self.logits.shape[-1])
         for i, state in enumerate(states):
             for start in range(0, state.shape[1], chunk):
                 part = stack.logits(state[0, start:start + chunk]).to(self.logits.dtype)
@@ -136,7 +127,7 @@ def kl_fitness(stack: DecoderStack, sequences: torch.Tensor, dense: DenseLogits,
         states = next_states
     # Each dense row goes to the device once per selection step and serves every candidate; the sums
     # stay on the device until the end (one synchronisation, not one per candidate).
-    chunk = _token_chunk(dense.logits.shape[-1])
+    chunk = token_chunk(dense.logits.shape[-1])
     tokens = sum(take for _, take in minibatch)
     totals = {prefix: torch.zeros((), dtype=torch.float64, device=stack.device) for prefix in states}
     for take, indices in parts.items():
