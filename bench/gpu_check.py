@@ -6,15 +6,16 @@ into one JSON named after the GPU (bench/results/gpu-check-<gpu>.json).
 
 Steps, each a subprocess with its own time limit (a failed or timed-out step is recorded, the others
 still run):
-1. tests/test_gpu.py: every method end to end in bf16 on a TinyLlama-shaped random model with a real
-   tokenizer and text (hubprune.testing.random_model), and the SDPA kernel check behind --value-multiple;
+1. tests/test_gpu.py: every method end to end in bf16, and healing under bf16 autocast, on a
+   TinyLlama-shaped random model with a real tokenizer and text (hubprune.testing.random_model), and the
+   SDPA kernel check behind --value-multiple;
 2. bench/twossp.py on a Llama-2-7B-shaped random model (2048-token windows, 37.5 %);
 3. bench/fasp.py on the same shape (30 %);
 4. bench/speed.py: dense vs 2SSP / FASP prefill and decode, measured in one run, on the TinyLlama-shaped
    model.
 
 On a lent machine (no network; its image's python3 holds torch): copy the repository, carry wheels of
-what the image lacks or has too old (transformers >= 5.24, gguf, jsonschema, lm-eval), install them with
+what the image lacks or has too old (transformers >= 5.24, gguf, jsonschema, lm-eval, peft), install them with
 `pip install --no-deps --no-index`, and run `PYTHONPATH=. python3 bench/gpu_check.py`.
 """
 from __future__ import annotations

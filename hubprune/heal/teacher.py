@@ -9,6 +9,7 @@ and their ids, or with k = 0 the whole vocabulary. EvoPress keeps its dense logi
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import torch
@@ -19,6 +20,7 @@ from ..sequential import DecoderStack, final_states, token_chunk
 from .settings import CALIBRATION_CORPUS, HealSettings
 
 COMPLETE = "complete.json"
+log = logging.getLogger("hubprune")
 
 
 def healing_windows(heal: HealSettings, loaded, seq_len: int, seed: int) -> tuple[torch.Tensor, dict]:
@@ -49,6 +51,8 @@ class TeacherDistributions:
                 (self.folder / name).unlink(missing_ok=True)
         self.folder.mkdir(parents=True, exist_ok=True)
         size = count * seq_len * self.k
+        if not done:
+            _check_space(self.folder, size * 4 * (1 if self.full else 2), count * seq_len)
         self.values = torch.from_file(str(self.folder / "values.bin"), shared=True, size=size,
                                       dtype=torch.float32).view(self.shape)
         self.indices = None if self.full else torch.from_file(
@@ -86,6 +90,23 @@ class TeacherDistributions:
         """(log-probabilities, token ids or None) of windows `rows`, on `device`."""
         values = self.values[rows].to(device)
         return values, None if self.indices is None else self.indices[rows].to(device=device, dtype=torch.int64)
+
+
+def _check_space(folder: Path, nbytes: int, tokens: int) -> None:
+    """Refuse a cache the disk cannot hold, and say the size of a large one before computing it."""
+    import shutil
+
+    from ..errors import InsufficientResourcesError
+
+    free = shutil.disk_usage(folder).free
+    if nbytes > 0.9 * free:
+        raise InsufficientResourcesError(
+            f"the teacher's distributions of {tokens:,} healing tokens need {nbytes / 1e9:.1f} GB in the run folder and "
+            f"its disk has {free / 1e9:.1f} GB free: use a smaller --heal-topk, fewer --heal-steps or a shorter "
+            "--heal-seq-len, or a run folder on a larger disk (--run-dir, or --output for `hubprune heal`)")
+    if nbytes > 2**30:
+        log.warning("the teacher's distributions take %.1f GB in %s (--heal-topk sets how many tokens are kept)",
+                    nbytes / 1e9, folder)
 
 
 def _digest(windows: torch.Tensor) -> str:
