@@ -4,10 +4,12 @@ the identity, so a plain run behaves exactly as before.
 
 What is parallel is data: each process takes a contiguous share of the windows (`share`), and sums
 computed over windows are added across processes (`all_reduce_sum`). Process 0 alone writes files.
+So far `hubprune eval`'s perplexity runs this way; prune, heal, tasks and speed refuse a launcher.
 Collectives time out (`HUBPRUNE_DIST_TIMEOUT`, seconds, default 1800), so a process that dies makes
 the others fail with an error instead of waiting for ever."""
 from __future__ import annotations
 
+import atexit
 import datetime
 import os
 from dataclasses import dataclass
@@ -66,6 +68,7 @@ def start(device: torch.device) -> Ranks:
         backend = "nccl" if device.type == "cuda" else "gloo"
         kwargs = {"device_id": device} if backend == "nccl" else {}
         dist.init_process_group(backend=backend, timeout=timeout, **kwargs)
+        atexit.register(dist.destroy_process_group)
     return r
 
 
