@@ -14,6 +14,7 @@ from hubprune import schema
 from hubprune.card import command
 from hubprune.cli import build_parser
 from hubprune.evaluation.settings import EvalSettings
+from hubprune.heal.settings import HealSettings
 from hubprune.job import PRUNE_KEYS_IN_PUSH, PruneJob, PushSettings
 from hubprune.methods import Options, get_method, methods
 from hubprune.push import _check_entry
@@ -74,7 +75,21 @@ def test_every_job_setting_reaches_the_command_line_and_the_recipe():
     for f in schema.cli_fields(PushSettings):
         assert f.name in push_flags, f.name
     recipe_keys = set(PRUNE_KEYS_IN_PUSH) | {f.name for f in schema.fields(PushSettings)}
-    assert {"model", "method", "sparsity", "options", "evaluation", "repo_id", "source_revision"} <= recipe_keys
+    assert {"model", "method", "sparsity", "options", "evaluation", "heal", "repo_id", "source_revision"} <= recipe_keys
+
+
+@pytest.mark.parametrize("field", [f.name for f in schema.cli_fields(HealSettings) if f.name != "method"])
+def test_every_heal_setting_has_flags_and_survives_the_cards_command(field):
+    """On prune, push and heal; and a value other than the default, written into the card's command,
+    parses back to itself."""
+    f = next(f for f in schema.fields(HealSettings) if f.name == field)
+    for sub in ("prune", "push", "heal"):
+        assert _flags(sub).get(schema.dest(f)) == schema.flag(f), (sub, field)
+    value = _example(HealSettings, f)
+    job = {"model": "default", "method": "manual", "options": {"plan": "p.yaml"}, "heal": {"method": "kd", field: value}}
+    line = command(job).split()
+    args = build_parser().parse_args(line[1:line.index("--output")] + ["--output", "x"])
+    assert schema.from_args(HealSettings, args)[field] == value
 
 
 # -- imports ---------------------------------------------------------------------------------------------
