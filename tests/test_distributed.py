@@ -1,6 +1,6 @@
 """Many processes (torchrun, gloo on the CPU): `hubprune eval` shares the perplexity windows among the
 processes and adds their fp64 sums, so two processes measure what one does; process 0 alone writes; the
-jobs that are not parallel yet refuse torchrun in one line."""
+jobs that are not parallel yet refuse a launcher in one line."""
 from __future__ import annotations
 
 import json
@@ -11,34 +11,44 @@ import sys
 import pytest
 from conftest import calibratable_model
 
+import hubprune
+from hubprune.distributed import Ranks
 
-def torchrun(processes: int, *args: str, cwd=None) -> subprocess.CompletedProcess:
+
+def test_shares_cover_every_item_once_in_order():
+    for count in (0, 1, 5, 8):
+        for world in (1, 2, 3):
+            shares = [range(count)[Ranks(r, world).share(count)] for r in range(world)]
+            assert [i for share in shares for i in share] == list(range(count))
+            assert max(map(len, shares)) - min(map(len, shares)) <= 1
+
+
+def test_two_processes_measure_the_perplexity_one_does(tmp_path):
+    source = calibratable_model(tmp_path / "src")
+    settings = dict(ppl=["default"], max_windows=5, seq_len=32, device="cpu")
+    one = hubprune.evaluate(str(source), **settings)["perplexity"]["default"]["dense"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HUBPRUNE_DIST_TIMEOUT": "120"}
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}",
-               "-m", "hubprune.cli", *args]
-    return subprocess.run(command, capture_output=True, text=True, env=env, cwd=cwd, timeout=600)
-
-
-@pytest.fixture(scope="module")
-def source(tmp_path_factory):
-    return calibratable_model(tmp_path_factory.mktemp("dist") / "src")
-
-
-def test_two_processes_measure_the_perplexity_one_does(source, tmp_path):
-    args = ["eval", str(source), "--ppl", "default", "--max-windows", "5", "--seq-len", "32", "--device", "cpu"]
-    one = torchrun(1, *args, "--output", str(tmp_path / "one"))
-    two = torchrun(2, *args, "--output", str(tmp_path / "two"))
-    assert one.returncode == 0 and two.returncode == 0, two.stderr[-2000:]
-    a, b = (json.loads((tmp_path / n / "results.json").read_text())["perplexity"]["default"]["dense"]
-            for n in ("one", "two"))
-    assert a["tokens"] == b["tokens"] == 5 * 31  # five windows, shared 3 + 2: none lost, none twice
-    assert b["perplexity"] == pytest.approx(a["perplexity"], rel=1e-12)  # fp64 sums, another order
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m",
+                          "hubprune.cli", "eval", str(source), "--ppl", "default", "--max-windows", "5", "--seq-len",
+                          "32", "--device", "cpu", "--output", str(tmp_path / "two")],
+                         capture_output=True, text=True, env=env, timeout=600)
+    assert two.returncode == 0, two.stderr[-2000:]
+    shared = json.loads((tmp_path / "two" / "results.json").read_text())["perplexity"]["default"]["dense"]
+    assert shared["tokens"] == one["tokens"] == 5 * 31  # five windows, shared 3 + 2: none lost, none twice
+    assert shared["perplexity"] == pytest.approx(one["perplexity"], rel=1e-12)  # fp64 sums, in another order
     assert two.stdout.count("results:") == 1  # one report
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["one", "two"]  # no run folder left behind
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["src", "two"]  # no run folder or lock left behind
 
 
-def test_jobs_that_are_not_parallel_yet_refuse_torchrun(source, tmp_path):
-    out = torchrun(2, "prune", str(source), "--method", "shortgpt", "--sparsity", "0.25", "--calib-data", "default",
-                   "--device", "cpu", "-o", str(tmp_path / "out"))
-    assert out.returncode != 0 and "prune runs in one process for now" in out.stderr
+@pytest.mark.parametrize("job", ["prune", "heal"])
+def test_jobs_that_are_not_parallel_yet_refuse_a_launcher(job, tmp_path, monkeypatch, capsys):
+    from hubprune.cli import main
+
+    monkeypatch.setenv("WORLD_SIZE", "2")  # what torchrun sets in every process it starts
+    monkeypatch.setenv("RANK", "1")
+    args = {"prune": ["prune", "default", "--method", "manual", "--plan", str(tmp_path / "p.yaml")],
+            "heal": ["heal", "default"]}[job]
+    (tmp_path / "p.yaml").write_text("drop_blocks: [0]\n")
+    assert main([*args, "-o", str(tmp_path / "out")]) == 2
+    assert "runs in one process" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
