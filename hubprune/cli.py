@@ -314,11 +314,13 @@ def _run(args: argparse.Namespace) -> None:
                            dtype=args.dtype, revision=args.revision, token=args.token, seed=args.seed,
                            overwrite=args.overwrite, trust_remote_code=args.trust_remote_code,
                            **schema.from_args(EvalSettings, args))
+        from .distributed import ranks
         from .evaluation.report import format_results
 
-        print(format_results(results))
-        if args.output:
-            print(f"results: {args.output}/results.json")
+        if ranks().main:  # over several processes (torchrun), one report
+            print(format_results(results))
+            if args.output:
+                print(f"results: {args.output}/results.json")
 
 
 def _heal(args: argparse.Namespace) -> None:

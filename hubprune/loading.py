@@ -17,6 +17,7 @@ from huggingface_hub import snapshot_download
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PretrainedConfig, PreTrainedModel
 
 from . import embedded, memory
+from . import distributed
 from .errors import (
     AuthenticationError,
     DamagedModelError,
@@ -74,13 +75,17 @@ class LoadedModel:
 
 
 def resolve_device(device: str) -> torch.device:
+    """The device to work on. Under torchrun each process takes its own GPU (cuda:LOCAL_RANK) and joins
+    the process group here."""
     if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        device = "cuda" if torch.cuda.is_available() else "cpu"
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise InvalidOptionError(f"--device {device}: no CUDA GPU is visible to torch; use --device cpu")
     if not device.startswith(("cuda", "cpu")):
         raise InvalidOptionError(f"--device {device!r}: choose cuda, cpu or auto")
-    return torch.device(device)
+    chosen = distributed.device_for(torch.device(device))
+    distributed.start(chosen)
+    return chosen
 
 
 def resolve_dtype(dtype: str, config: PretrainedConfig) -> torch.dtype:

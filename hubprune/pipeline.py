@@ -18,6 +18,7 @@ import transformers
 from . import __version__, schema
 from .card import source_license
 from .data import calibration_windows, joined_sequences
+from .distributed import ranks
 from .embedded import DEFAULT_MODEL
 from .errors import HubPruneError, InvalidOptionError
 from .evaluation.settings import RESULTS_FILENAME, EvalSettings
@@ -93,6 +94,9 @@ def prune(model: str, method: str = "manual", *, output: str | Path, token: str 
 def run_job(job: PruneJob, *, token: str | None = None, loaded: LoadedModel | None = None) -> PruneResult:
     """Run a prune job (what `prune` and the CLI do): validate it, take the output's lock, prune."""
     job.validate()
+    if ranks().distributed:
+        raise InvalidOptionError("prune runs in one process for now: over several processes (torchrun) only "
+                                 "`hubprune eval` is parallel; launch prune without torchrun")
     output = Path(job.output)
     check_writable(output)
     with OutputLock(output):  # one run per output; refused at once while another holds it
@@ -291,7 +295,8 @@ def evaluate(model: str, *, ppl: list[str] | None = None, output: str | Path | N
            "dtype": dtype, "seed": seed, "hubprune": __version__}
     if results_path is not None:
         check_writable(results_path)
-    lock = OutputLock(results_path.parent) if results_path else contextlib.nullcontext()
+    here = ranks()  # over several processes (torchrun), process 0 alone locks and writes
+    lock = OutputLock(results_path.parent) if results_path and here.main else contextlib.nullcontext()
     seed_everything(seed)
     with lock, contextlib.ExitStack() as stack:
         run = stack.enter_context(RunFolder(default_run_dir(results_path.parent), key)) if results_path else None
@@ -312,7 +317,7 @@ def evaluate(model: str, *, ppl: list[str] | None = None, output: str | Path | N
             del loaded
             release_memory()
         results = evaluation.document(environment_info)
-        if results_path is not None:
+        if results_path is not None and here.main:
             results_path.parent.mkdir(parents=True, exist_ok=True)
             write_json(results_path, results)
     return results

@@ -16,6 +16,7 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
+from .distributed import broadcast, ranks
 from .errors import InvalidOptionError
 from .export import write_json
 
@@ -38,6 +39,9 @@ class RunFolder:
         self.key = json.loads(json.dumps(key, default=str))  # as it reads back from disk
         job_file = self.path / JOB_FILE
         self.resumed = False
+        self.writer = ranks().main  # only process 0 writes, and deletes, the folder
+        if not self.writer:
+            return
         if self.path.exists() and not (self.path / MARKER).is_file():
             if not self.path.is_dir() or any(self.path.iterdir()):
                 raise InvalidOptionError(f"run folder {self.path} exists and was not made by hubprune; it is never "
@@ -64,10 +68,16 @@ class RunFolder:
         write_json(self.path / f"{name}.json", data)
 
     def cached(self, name: str, make: Callable[[], dict]) -> dict:
-        """The saved record `name`, or `make()` saved as it."""
-        if self.load(name) is None:
-            self.save(name, make())
-        return self.load(name)  # as read back, so a resumed run continues from exactly the same values
+        """The saved record `name`, or `make()` saved as it. Over several processes, process 0's folder
+        decides and every process gets its values; `make` runs on all of them (it may hold collectives)."""
+        here = ranks()
+        saved = broadcast(self.load(name) if here.main else None)
+        if saved is None:
+            made = make()
+            if here.main:
+                self.save(name, made)
+            saved = broadcast(self.load(name) if here.main else None)
+        return saved  # as read back, so a resumed run continues from exactly the same values
 
     def steps(self) -> list[str]:
         return sorted(f.stem for f in self.path.glob("*.json") if f.name != JOB_FILE)
@@ -77,6 +87,8 @@ class RunFolder:
 
     def __exit__(self, exc_type, exc, tb) -> None:
         """Done: delete. Failed or interrupted: keep the finished steps for the next run (if any)."""
+        if not self.writer:
+            return
         if exc_type is not None and self.steps():
             size = sum(f.stat().st_blocks * 512 for f in self.path.rglob("*") if f.is_file())  # allocated, not apparent
             log.warning("finished steps (%s) are kept in %s (%.2f GB on disk): the same command resumes from them; "

@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 from transformers.masking_utils import create_causal_mask, create_sliding_window_causal_mask
 
 from . import memory
+from .distributed import all_reduce_sum, ranks
 from .errors import InvalidOptionError
 from .evaluation.perplexity import PerplexityResult, window_nll
 
@@ -303,11 +304,16 @@ def stack_perplexity(stack: DecoderStack, windows: torch.Tensor, *, mode: str = 
                      progress: bool = True):
     """Perplexity computed block by block (same protocol as `evaluation.perplexity`); every window's
     hidden state is held on the device while the blocks pass."""
-    states = [stack.embed(w.unsqueeze(0)) for w in windows]
-    for index in tqdm(range(stack.num_layers), desc=desc, disable=not progress, leave=False):
+    here = ranks()  # over several processes, each takes its share of the windows; the fp64 sums are added
+    local = windows[here.share(len(windows))]
+    states = [stack.embed(w.unsqueeze(0)) for w in local]
+    for index in tqdm(range(stack.num_layers), desc=desc, disable=not progress or not here.main, leave=False):
         with stack.block(index) as layer:
             states = [stack.run(layer, index, s) for s in states]
-    nll_sum = sum(stack.nll(s, w.unsqueeze(0), mode) for s, w in zip(states, windows))
+    nll_sum = torch.zeros((), dtype=torch.float64, device=stack.device)
+    for s, w in zip(states, local):
+        nll_sum += stack.nll(s, w.unsqueeze(0), mode)
+    all_reduce_sum(nll_sum)
     tokens = windows.shape[0] * (windows.shape[1] - 1)
     nll = (nll_sum / tokens).item()
     return PerplexityResult(math.exp(nll), nll, tokens, len(windows), windows.shape[1])

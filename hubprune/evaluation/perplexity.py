@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from ..distributed import all_reduce_sum, ranks
 from .settings import PPL_MODES
 
 
@@ -44,13 +45,16 @@ def window_nll(logits: torch.Tensor, targets: torch.Tensor, mode: str) -> torch.
 @torch.no_grad()
 def perplexity(model, windows: torch.Tensor, *, mode: str = "accurate", desc: str = "perplexity",
                progress: bool = True) -> PerplexityResult:
+    """Over several processes (torchrun), each takes its share of the windows and the fp64 sums are added."""
     device = next(model.parameters()).device
     nll_sum = torch.zeros((), dtype=torch.float64, device=device)
-    tokens = 0
-    for window in tqdm(windows, desc=desc, disable=not progress, leave=False):
+    here = ranks()
+    for window in tqdm(windows[here.share(len(windows))], desc=desc, disable=not progress or not here.main,
+                       leave=False):
         ids = window.unsqueeze(0).to(device)
         logits = model(input_ids=ids, use_cache=False).logits[0, :-1]
         nll_sum += window_nll(logits, ids[0, 1:], mode)
-        tokens += ids.shape[1] - 1
+    all_reduce_sum(nll_sum)
+    tokens = windows.shape[0] * (windows.shape[1] - 1)
     nll = (nll_sum / tokens).item()
     return PerplexityResult(math.exp(nll), nll, tokens, len(windows), windows.shape[1])
