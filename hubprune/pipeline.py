@@ -197,7 +197,7 @@ def _prune(job: PruneJob, *, token: str | None, loaded: LoadedModel | None) -> P
             if heal:
                 healed, report = Healer(pruned_model, loaded.family, teacher, heal_windows, heal, folder=run.file("heal"),
                                         seed=seed, device=loaded.device).run()
-                pruned_loaded = _in_memory(healed, loaded)
+                pruned_loaded = in_memory(healed, loaded)
                 record["heal"] = {**report, "data": heal_data}
                 if settings:
                     evaluation.add("healed", pruned_loaded, output.name)
@@ -216,7 +216,7 @@ def _prune(job: PruneJob, *, token: str | None, loaded: LoadedModel | None) -> P
         if loaded.shards is None:
             started = time.perf_counter()
             pruned = apply_plan(dense, bound, overrides=refitted)
-            pruned = complete(_in_memory(pruned, loaded), time.perf_counter() - started).model
+            pruned = complete(in_memory(pruned, loaded), time.perf_counter() - started).model
             pruned.config.hubprune = summary
             with atomic_folder(output, overwrite) as folder:
                 save_model_folder(folder, pruned, loaded.tokenizer, plan=bound.plan, record=record,
@@ -252,7 +252,8 @@ def _save_results_and_exports(folder: Path, record: dict, job: PruneJob) -> None
     write_exports(folder, job.export, Path(job.output).name, job.gguf_dtype)
 
 
-def _in_memory(model, like: LoadedModel) -> LoadedModel:
+def in_memory(model, like: LoadedModel) -> LoadedModel:
+    """`model`, held in memory, as a loaded model with `like`'s tokenizer, family, source and device."""
     return LoadedModel(model, like.tokenizer, like.family, like.source, like.device, like.dtype)
 
 

@@ -18,7 +18,7 @@ from ..evaluation.settings import RESULTS_FILENAME, EvalSettings
 from ..evaluation.suite import Evaluation
 from ..export import save_model_folder, write_json
 from ..loading import load_model, resolve_model
-from ..pipeline import PruneResult, baseline_reference, environment, release_memory
+from ..pipeline import PruneResult, baseline_reference, environment, in_memory, release_memory
 from ..outputs import RECORD_FILENAME, OutputLock, atomic_folder, check_output, check_writable, recover
 from ..plan import PLAN_FILENAME, PrunePlan
 from ..privacy import public
@@ -88,8 +88,7 @@ def heal_output(pruned: str, *, output: str | Path, heal: dict, teacher: str | N
                 evaluate.add("pruned", student, str(pruned))
             healed, report = Healer(student.model, student.family, distributions, windows, settings,
                                     folder=run.file("heal"), seed=seed, device=student.device).run()
-            student = type(student)(healed, student.tokenizer, student.family, student.source, student.device,
-                                    student.dtype)
+            student = in_memory(healed, student)
             if eval_settings:
                 evaluate.add("healed", student, output.name)
             new = copy.deepcopy(record)
