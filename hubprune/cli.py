@@ -4,10 +4,12 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import textwrap
 
 from . import __version__, schema
+from .distributed import ranks
 from .errors import HubPruneError, InvalidOptionError
 from .push import RECIPE_EXAMPLE
 from .serving import FORMATS, VLLM_FOLDER
@@ -282,9 +284,10 @@ def _run(args: argparse.Namespace) -> None:
         from .pipeline import run_job
 
         result = run_job(job, token=args.token)
-        record = result.record
-        _print_summary(record)
-        print(f"output: {result.output}  ({record['architecture']})")
+        if ranks().main:  # over several processes (torchrun), one report
+            record = result.record
+            _print_summary(record)
+            print(f"output: {result.output}  ({record['architecture']})")
     elif args.command == "push":
         _push(args)
     elif args.command == "heal":
@@ -308,13 +311,13 @@ def _run(args: argparse.Namespace) -> None:
         settings = schema.build(EvalSettings, schema.from_args(EvalSettings, args), "eval")
         check_model_reference(args.model)
         settings.check_not_empty()
+        settings.check_parallel()
         from .pipeline import evaluate
 
         results = evaluate(args.model, output=args.output, baseline=args.baseline, device=args.device,
                            dtype=args.dtype, revision=args.revision, token=args.token, seed=args.seed,
                            overwrite=args.overwrite, trust_remote_code=args.trust_remote_code,
                            **schema.from_args(EvalSettings, args))
-        from .distributed import ranks
         from .evaluation.report import format_results
 
         if ranks().main:  # over several processes (torchrun), one report
@@ -441,6 +444,8 @@ def _push(args: argparse.Namespace) -> None:
         publishing.pop("repo_id")
         results = [push(args.model, args.method, repo_id=args.repo_id, token=args.token, dry_run=args.dry_run,
                         overwrite=args.overwrite, announce=_announce, output=args.output, **publishing, **fields)]
+    if not ranks().main:  # over several processes (torchrun), process 0 uploads and reports
+        return
     for result in results:
         branches = [(result.published, result.folder), *((e, result.folder / VLLM_FOLDER) for e in result.exports)]
         for p, folder in branches:
@@ -480,7 +485,11 @@ def _resource_message(exc: BaseException) -> str | None:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     # Each line under its own logger's name: hubprune's as "hubprune: ...", other libraries' as theirs.
-    logging.basicConfig(format="%(name)s: %(message)s", level=logging.WARNING)
+    # Over several processes (torchrun) process 0 speaks for all: the others report errors only.
+    quiet = not ranks().main
+    if quiet:
+        os.environ["TQDM_DISABLE"] = "1"
+    logging.basicConfig(format="%(name)s: %(message)s", level=logging.ERROR if quiet else logging.WARNING)
     try:
         _run(args)
     except HubPruneError as exc:

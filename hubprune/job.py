@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from . import schema
+from .distributed import check_parallel
 from .errors import InvalidOptionError
 from .evaluation.settings import EvalSettings
 from .heal.settings import HealSettings, heal_settings
@@ -111,8 +112,11 @@ class PruneJob:
             raise InvalidOptionError(f"--method {self.method} takes no --sparsity: {method.summary}")
         options = method.configure(self.options)
         check_job(self.export, self.method, method.plan_keys(options))
-        self.eval_settings()
+        self.eval_settings().check_parallel()
         heal = self.heal_settings()
+        if heal:
+            check_parallel("--heal", "pruning is parallel but healing is not yet: prune with torchrun, then run "
+                                     "`hubprune heal` on the output in one process")
         heal.check_not_evaluated(self.ppl)
         if heal and self.offload:
             raise InvalidOptionError("--heal trains the pruned model, which needs it whole in memory: drop --offload "

@@ -18,7 +18,7 @@ import transformers
 from . import __version__, schema
 from .card import source_license
 from .data import calibration_windows, joined_sequences
-from .distributed import ranks
+from .distributed import on_main, ranks
 from .embedded import DEFAULT_MODEL
 from .errors import HubPruneError, InvalidOptionError
 from .evaluation.settings import RESULTS_FILENAME, EvalSettings
@@ -33,7 +33,7 @@ from .export import (
     source_shard_size,
     write_json,
 )
-from .loading import LoadedModel, load_model
+from .loading import LoadedModel, load_model, resolve_device
 from .modeling import OWN_CLASSES
 from .outputs import RECORD_FILENAME, OutputLock, atomic_folder, check_output, check_writable, recover
 from .methods import Calibration, PruneContext, get_method
@@ -70,6 +70,8 @@ def environment(device: torch.device) -> dict:
            "python": platform.python_version(), "device": str(device)}
     if device.type == "cuda":
         env["gpu"] = torch.cuda.get_device_name(device)
+    if ranks().distributed:  # one process per device: the numbers came from all of them
+        env["processes"] = ranks().world
     return env
 
 
@@ -92,16 +94,19 @@ def prune(model: str, method: str = "manual", *, output: str | Path, token: str 
 
 
 def run_job(job: PruneJob, *, token: str | None = None, loaded: LoadedModel | None = None) -> PruneResult:
-    """Run a prune job (what `prune` and the CLI do): validate it, take the output's lock, prune."""
+    """Run a prune job (what `prune` and the CLI do): validate it, take the output's lock, prune. Over
+    several processes (torchrun) process 0 takes the lock and writes; they all compute."""
     job.validate()
-    if ranks().distributed:
-        raise InvalidOptionError("prune runs in one process for now: over several processes (torchrun) only "
-                                 "`hubprune eval` is parallel; launch prune without torchrun")
     output = Path(job.output)
-    check_writable(output)
-    with OutputLock(output):  # one run per output; refused at once while another holds it
-        recover(output)  # what a killed run on this output left behind
-        check_output(output, job.overwrite)  # refuse before any expensive work
+    resolve_device(job.device if loaded is None else str(loaded.device))  # under torchrun: joins the others
+    with contextlib.ExitStack() as held:
+        def claim() -> None:
+            check_writable(output)
+            held.enter_context(OutputLock(output))  # one run per output; refused at once while another holds it
+            recover(output)  # what a killed run on this output left behind
+            check_output(output, job.overwrite)  # refuse before any expensive work
+
+        on_main(claim)
         return _prune(job, token=token, loaded=loaded)
 
 
@@ -218,19 +223,34 @@ def _prune(job: PruneJob, *, token: str | None, loaded: LoadedModel | None) -> P
             pruned = apply_plan(dense, bound, overrides=refitted)
             pruned = complete(in_memory(pruned, loaded), time.perf_counter() - started).model
             pruned.config.hubprune = summary
-            with atomic_folder(output, overwrite) as folder:
-                save_model_folder(folder, pruned, loaded.tokenizer, plan=bound.plan, record=record,
-                                  max_shard_size=shard_size)
-                _save_results_and_exports(folder, record, job)
+
+            def write() -> None:
+                with atomic_folder(output, overwrite) as folder:
+                    save_model_folder(folder, pruned, loaded.tokenizer, plan=bound.plan, record=record,
+                                      max_shard_size=shard_size)
+                    _save_results_and_exports(folder, record, job)
+
+            on_main(write)
         else:
-            with atomic_folder(output, overwrite) as folder:
+            with contextlib.ExitStack() as written:
                 started = time.perf_counter()
-                pruned_loaded = _streamed_export(folder, loaded, bound, shard_size, refitted)
+
+                def write_weights() -> Path:  # into the folder that becomes the output when all is done
+                    folder = written.enter_context(atomic_folder(output, overwrite))
+                    _write_streamed_weights(folder, loaded, bound, shard_size, refitted)
+                    return folder
+
+                folder = on_main(write_weights)  # every process evaluates the written weights
+                pruned_loaded = _streamed_output(folder, loaded, bound)
                 complete(pruned_loaded, time.perf_counter() - started)
                 pruned_loaded.model.config.hubprune = summary
-                pruned_loaded.model.config.save_pretrained(folder)
-                save_companions(folder, pruned_loaded.model.config, loaded.tokenizer, plan=bound.plan, record=record)
-                _save_results_and_exports(folder, record, job)
+
+                def write_rest() -> None:
+                    pruned_loaded.model.config.save_pretrained(folder)
+                    save_companions(folder, pruned_loaded.model.config, loaded.tokenizer, plan=bound.plan, record=record)
+                    _save_results_and_exports(folder, record, job)
+
+                on_main(write_rest)
     return PruneResult(output, public(record), pruned)
 
 
@@ -257,13 +277,17 @@ def in_memory(model, like: LoadedModel) -> LoadedModel:
     return LoadedModel(model, like.tokenizer, like.family, like.source, like.device, like.dtype)
 
 
-def _streamed_export(folder: Path, loaded: LoadedModel, bound: BoundPlan, shard_size: int | None,
-                     restored: LayerTensors | None) -> LoadedModel:
-    """Write the pruned weights from the source shards; return the output as a streamable model."""
-    config = pruned_config(loaded.model.config, bound, loaded.family)
+def _write_streamed_weights(folder: Path, loaded: LoadedModel, bound: BoundPlan, shard_size: int | None,
+                            restored: LayerTensors | None) -> None:
+    """Write the pruned weights from the source shards."""
     save_streamed_weights(folder, loaded, bound, max_shard_size=shard_size, overrides=restored)
     if (loaded.source.path / "generation_config.json").is_file():
         shutil.copy(loaded.source.path / "generation_config.json", folder)
+
+
+def _streamed_output(folder: Path, loaded: LoadedModel, bound: BoundPlan) -> LoadedModel:
+    """The pruned weights written in `folder`, as a streamable model."""
+    config = pruned_config(loaded.model.config, bound, loaded.family)
     with torch.device("meta"):
         skeleton = model_class(config)._from_config(config, dtype=loaded.dtype).eval()
     return LoadedModel(skeleton, loaded.tokenizer, loaded.family, loaded.source, loaded.device, loaded.dtype,
@@ -285,6 +309,7 @@ def evaluate(model: str, *, ppl: list[str] | None = None, output: str | Path | N
     settings = schema.build(EvalSettings, {"ppl": list(ppl or []), "seq_len": seq_len, "max_windows": max_windows,
                                            **options}, "evaluate()")
     settings.check_not_empty()
+    settings.check_parallel()
     results_path = Path(output) / RESULTS_FILENAME if output else None
     if results_path is not None and results_path.exists() and not overwrite:
         raise InvalidOptionError(f"{results_path} already exists; pass --overwrite to replace it")

@@ -13,6 +13,7 @@ import yaml
 
 from .card import CARD_FILENAME, validate_card, write_card
 from . import schema
+from .distributed import check_parallel, on_main, ranks
 from .errors import HubPruneError, InvalidOptionError, OutputExistsError
 from .hub import (
     PublishResult,
@@ -83,13 +84,22 @@ def push(model: str | None = None, method: str | None = None, *, repo_id: str, t
         job = PruneJob(model=model, method=method, output=str(folder), revision=publishing.source_revision,
                        overwrite=overwrite, **job_fields)
         job.validate()  # options first: offline and instant
+    if ranks().distributed:  # under torchrun the processes prune together
+        if job is None:
+            check_parallel("push --from-dir", "only pruning is parallel")
+        from .loading import resolve_device
+
+        resolve_device(job.device)  # joins the process group
     # The endpoint, the token and the export branch before any pruning (a dry run too: it is everything
-    # but the upload).
-    check_transfer_protocol(publishing.endpoint)
-    api = hub_api(resolve_token(token), publishing.endpoint)
-    whoami(api)
-    if (job is not None and "vllm" in job.export) or (job is None and (folder / VLLM_FOLDER).is_dir()):
-        check_replaceable(api, repo_id, export_branch(publishing.revision), CONFIG_CLASS_FILE.name)
+    # but the upload). Over several processes (torchrun) process 0 talks to the Hub; they all prune.
+    def check_remote() -> None:
+        check_transfer_protocol(publishing.endpoint)
+        api = hub_api(resolve_token(token), publishing.endpoint)
+        whoami(api)
+        if (job is not None and "vllm" in job.export) or (job is None and (folder / VLLM_FOLDER).is_dir()):
+            check_replaceable(api, repo_id, export_branch(publishing.revision), CONFIG_CLASS_FILE.name)
+
+    on_main(check_remote)
     pruned = False
     if job is not None:
         if _same_job(folder, job) and not overwrite:
@@ -101,22 +111,26 @@ def push(model: str | None = None, method: str | None = None, *, repo_id: str, t
 
             run_job(job, token=token)
             pruned = True
-    write_card(folder, repo_id=repo_id, template=publishing.template, revision=publishing.revision)
-    if not dry_run:
-        validate_card(folder, publishing.endpoint)
-    if announce is not None:
-        announce(folder)
-    vllm = folder / VLLM_FOLDER
-    published = publish_folder(folder, repo_id, token=token, private=publishing.private, revision=publishing.revision,
-                               commit_message=publishing.commit_message, endpoint=publishing.endpoint, dry_run=dry_run,
-                               ignore=[f"{VLLM_FOLDER}/*"])
-    exports = []
-    if (vllm / "config.json").is_file():  # its own branch, with the same card
-        shutil.copy(folder / CARD_FILENAME, vllm / CARD_FILENAME)
-        exports.append(publish_folder(vllm, repo_id, token=token, revision=export_branch(publishing.revision),
-                                      commit_message=publishing.commit_message, endpoint=publishing.endpoint,
-                                      dry_run=dry_run, replace=CONFIG_CLASS_FILE.name))
-    return PushResult(folder, published, pruned, exports)
+
+    def publish() -> PushResult:
+        write_card(folder, repo_id=repo_id, template=publishing.template, revision=publishing.revision)
+        if not dry_run:
+            validate_card(folder, publishing.endpoint)
+        if announce is not None:
+            announce(folder)
+        vllm = folder / VLLM_FOLDER
+        published = publish_folder(folder, repo_id, token=token, private=publishing.private,
+                                   revision=publishing.revision, commit_message=publishing.commit_message,
+                                   endpoint=publishing.endpoint, dry_run=dry_run, ignore=[f"{VLLM_FOLDER}/*"])
+        exports = []
+        if (vllm / "config.json").is_file():  # its own branch, with the same card
+            shutil.copy(folder / CARD_FILENAME, vllm / CARD_FILENAME)
+            exports.append(publish_folder(vllm, repo_id, token=token, revision=export_branch(publishing.revision),
+                                          commit_message=publishing.commit_message, endpoint=publishing.endpoint,
+                                          dry_run=dry_run, replace=CONFIG_CLASS_FILE.name))
+        return PushResult(folder, published, pruned, exports)
+
+    return on_main(publish)
 
 
 def _same_job(folder: Path, job) -> bool:

@@ -61,22 +61,22 @@ class RunFolder:
         return self.path / name
 
     def load(self, name: str) -> dict | None:
+        """The saved record `name` (None if there is none). Over several processes, process 0's, on every
+        process: every process calls it at the same point."""
         path = self.path / f"{name}.json"
-        return json.loads(path.read_text()) if path.is_file() else None
+        return broadcast(json.loads(path.read_text()) if self.writer and path.is_file() else None)
 
     def save(self, name: str, data: dict) -> None:
-        write_json(self.path / f"{name}.json", data)
+        if self.writer:
+            write_json(self.path / f"{name}.json", data)
 
     def cached(self, name: str, make: Callable[[], dict]) -> dict:
-        """The saved record `name`, or `make()` saved as it. Over several processes, process 0's folder
-        decides and every process gets its values; `make` runs on all of them (it may hold collectives)."""
-        here = ranks()
-        saved = broadcast(self.load(name) if here.main else None)
+        """The saved record `name`, or `make()` saved as it. `make` runs on every process (it may hold
+        collectives)."""
+        saved = self.load(name)
         if saved is None:
-            made = make()
-            if here.main:
-                self.save(name, made)
-            saved = broadcast(self.load(name) if here.main else None)
+            self.save(name, make())
+            saved = self.load(name)
         return saved  # as read back, so a resumed run continues from exactly the same values
 
     def steps(self) -> list[str]:
@@ -109,8 +109,11 @@ class LayerTensors:
         return self.folder / (f"layer-{key:05d}.safetensors" if isinstance(key, int) else f"{key}.safetensors")
 
     def save(self, key: int | str, tensors: dict) -> None:
+        """Written by process 0 alone: every process computes the same tensors."""
         from safetensors.torch import save_file
 
+        if not ranks().main:
+            return
         self.folder.mkdir(parents=True, exist_ok=True)
         path = self._file(key)
         tmp = path.with_name(f".{path.name}.tmp")

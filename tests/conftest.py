@@ -264,6 +264,39 @@ def twossp_runs(embedded_model, tmp_path_factory):
             for s in TWOSSP_SPARSITIES}
 
 
+# Whole jobs on the embedded model that several modules check, each run once per session: the keyword
+# arguments of `hubprune.prune` but the output. test_distributed runs the same jobs over two processes.
+FASP_SEQ_LEN, FASP_WINDOWS = 256, 16  # 4,096 tokens: more than the widest refitted layer (1,536), so no overfit
+# Small enough for CPU: 8 sequences of 128 tokens; the last selection step scores all of them.
+EVOPRESS_SMALL = {"evopress_generations": 2, "evopress_tokens": 1024, "evopress_seq_len": 128, "evopress_offspring": 4,
+                  "evopress_initial": 4, "evopress_selection_tokens": "128,1024"}
+SHARED_JOBS = {
+    "fasp": dict(model="default", method="fasp", sparsity=0.3, seq_len=FASP_SEQ_LEN, ppl=["default"], max_windows=4,
+                 options={"calib_samples": FASP_WINDOWS, "calib_data": "default"}),
+    "evopress": dict(model="default", method="evopress", sparsity=0.1, seq_len=128, ppl=["default"], max_windows=2,
+                     options=EVOPRESS_SMALL),
+}
+
+
+def _shared_run(name: str, embedded_model, tmp_path_factory):
+    import hubprune
+
+    return hubprune.prune(**SHARED_JOBS[name], output=tmp_path_factory.mktemp(f"{SESSION_FOLDER}{name}") / "out",
+                          loaded=embedded_model)
+
+
+@pytest.fixture(scope="session")
+def fasp_run(embedded_model, tmp_path_factory):
+    """SHARED_JOBS["fasp"], with least-squares restoration."""
+    return _shared_run("fasp", embedded_model, tmp_path_factory)
+
+
+@pytest.fixture(scope="session")
+def evopress_run(embedded_model, tmp_path_factory):
+    """SHARED_JOBS["evopress"]: two generations of a small search."""
+    return _shared_run("evopress", embedded_model, tmp_path_factory)
+
+
 def left_padded_batch(vocab: int, pad_id: int, seed: int = 1):
     """Two prompts of different lengths, left-padded (the case that exposes KV-cache position bugs)."""
     g = torch.Generator().manual_seed(seed)

@@ -8,7 +8,7 @@ import random
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import calibratable_model
+from conftest import SHARED_JOBS, calibratable_model
 from transformers import AutoModelForCausalLM
 
 import hubprune
@@ -23,11 +23,6 @@ from hubprune.plan import PrunePlan
 from hubprune.runs import MARKER
 from hubprune.sequential import DecoderStack
 from hubprune.surgery import apply_plan
-
-# Small enough for CPU: 8 sequences of 128 tokens; the last selection step scores all of them.
-SMALL = {"evopress_generations": 2, "evopress_tokens": 1024, "evopress_seq_len": 128, "evopress_offspring": 4,
-         "evopress_initial": 4, "evopress_selection_tokens": "128,1024"}
-
 
 @pytest.mark.parametrize("n, expected", [(32, [128, 160, 170]), (28, [98, 124, 130]), (40, [200, 250, 266])])
 def test_generation_counts_match_the_spec_table(n, expected):
@@ -105,8 +100,9 @@ def test_dense_logits_spill_to_a_mapped_file_when_ram_is_short(tmp_path, monkeyp
 
 
 def run(embedded_model, output, **options):
-    return hubprune.prune("default", "evopress", sparsity=0.1, output=output, options={**SMALL, **options},
-                          ppl=["default"], seq_len=128, max_windows=2, loaded=embedded_model)
+    """SHARED_JOBS["evopress"] with `options` changed."""
+    job = SHARED_JOBS["evopress"]
+    return hubprune.prune(**{**job, "options": {**job["options"], **options}}, output=output, loaded=embedded_model)
 
 
 def searched(record) -> list:
@@ -115,8 +111,8 @@ def searched(record) -> list:
 
 
 @pytest.fixture(scope="module")
-def reference_run(embedded_model, tmp_path_factory):
-    return run(embedded_model, tmp_path_factory.mktemp("evo") / "out")
+def reference_run(evopress_run):
+    return evopress_run
 
 
 def test_search_is_never_worse_than_its_first_parent(reference_run):

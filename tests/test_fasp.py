@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import assert_reloads_like, calibratable_model
+from conftest import FASP_SEQ_LEN as SEQ_LEN
+from conftest import FASP_WINDOWS as WINDOWS
+from conftest import SHARED_JOBS, assert_reloads_like, calibratable_model
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, LlamaConfig, MistralConfig, OPTConfig, Phi3Config, Qwen2Config
 
@@ -15,8 +17,7 @@ from hubprune.methods.fasp import module_counts, widths
 from hubprune.methods.compute.restoration import column_scores, restore
 from hubprune.plan import PrunePlan
 
-SPARSITIES = (0.3,)
-SEQ_LEN, WINDOWS = 256, 16  # 4,096 tokens: more than the widest refitted layer (1,536), so no overfit
+SPARSITIES = (SHARED_JOBS["fasp"]["sparsity"],)
 
 
 def weights(folder) -> dict:
@@ -76,15 +77,12 @@ def test_gqa_unit_is_a_kv_group_channel_across_the_groups_heads():
 
 
 @pytest.fixture(scope="module")
-def runs(embedded_model, tmp_path_factory):
-    folder = tmp_path_factory.mktemp("fasp")
-    options = {"calib_samples": WINDOWS, "calib_data": "default"}
-    common = dict(seq_len=SEQ_LEN, ppl=["default"], max_windows=4, loaded=embedded_model)
-    out = {s: hubprune.prune("default", "fasp", sparsity=s, output=folder / f"s{s}", options=options, **common)
-           for s in SPARSITIES}
-    out["no-restore"] = hubprune.prune("default", "fasp", sparsity=0.3, output=folder / "plain",
-                                       options={**options, "no_restore": True}, **common)
-    return out
+def runs(fasp_run, embedded_model, tmp_path_factory):
+    """The shared FASP run (SHARED_JOBS["fasp"]) and the same job without restoration."""
+    job = SHARED_JOBS["fasp"]
+    plain = hubprune.prune(**{**job, "options": {**job["options"], "no_restore": True}},
+                           output=tmp_path_factory.mktemp("fasp") / "plain", loaded=embedded_model)
+    return {job["sparsity"]: fasp_run, "no-restore": plain}
 
 
 def test_selection_and_refit_equal_an_independent_computation_on_block_0(runs, embedded_model):

@@ -72,6 +72,14 @@ class EvalSettings:
         if not self:
             raise InvalidOptionError("nothing to evaluate: pass --ppl CORPORA, --tasks TASKS and/or --speed")
 
+    def check_parallel(self) -> None:
+        """Tasks and speed run in one process (lm-eval's own data-parallel mode is not wired in, and a speed
+        ratio needs one device to itself)."""
+        from ..distributed import check_parallel
+
+        if self.tasks or self.speed:
+            check_parallel("--tasks and --speed", "only perplexity is evaluated in parallel")
+
     def check_in_memory(self, streamed: bool) -> None:
         if streamed and (self.tasks or self.speed):
             raise InvalidOptionError("--tasks and --speed need the whole model in memory, and this one is streamed "

@@ -9,8 +9,6 @@ from pathlib import Path
 from typing import Callable
 
 from .. import __version__
-from ..distributed import ranks
-from ..errors import InvalidOptionError
 from .perplexity import perplexity
 from .report import ROLES
 from .settings import EvalSettings
@@ -50,9 +48,7 @@ class Evaluation:
             raise ValueError(f"role {role!r}")
         s = self.settings
         s.check_in_memory(loaded.shards is not None)
-        if (s.tasks or s.speed) and ranks().distributed:
-            raise InvalidOptionError("--tasks and --speed run in one process; over several processes (torchrun) "
-                                     "only perplexity is parallel: launch them without torchrun")
+        s.check_parallel()
         self.models[role] = model_summary(loaded, reference)
         part = {"perplexity": {}, "downstream": {}}
         for index, corpus in enumerate(s.ppl):

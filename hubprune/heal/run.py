@@ -12,7 +12,7 @@ from dataclasses import asdict, replace
 from pathlib import Path
 
 from .. import __version__, schema
-from ..distributed import ranks
+from ..distributed import check_parallel
 from ..errors import InvalidOptionError
 from ..evaluation.settings import RESULTS_FILENAME, EvalSettings
 from ..evaluation.suite import Evaluation
@@ -40,8 +40,7 @@ def heal_output(pruned: str, *, output: str | Path, heal: dict, teacher: str | N
     `heal`: the HealSettings values (method 'kd' implied); `teacher`: the dense model [the recorded
     source]; `seed` and `seq_len` default to the pruning run's. Resumes from the run folder next to `output`."""
     settings = heal_settings({"method": "kd", **heal})
-    if ranks().distributed:
-        raise InvalidOptionError("heal runs in one process: launch it without torchrun")
+    check_parallel("heal", "pruning is parallel but healing is not yet")
     source = resolve_model(pruned, token=token, trust_remote_code=trust_remote_code)
     record_file = Path(source.path) / RECORD_FILENAME
     if not record_file.is_file():

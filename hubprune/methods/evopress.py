@@ -175,7 +175,7 @@ class EvoPress(BlockBudgetMethod):
                 "batch": opts.evopress_batch, "seed": context.seed}
 
     def select(self, context: PruneContext) -> Selection:
-        from .compute.kl_fitness import DenseLogits, kl_fitness, sample_minibatch
+        from .compute.kl_fitness import DenseLogits, sample_minibatch, scores
 
         s = self.settings(context)
         n, k = s["num_layers"], s["k"]
@@ -188,7 +188,7 @@ class EvoPress(BlockBudgetMethod):
 
         def select_best(candidates, survive: int, tokens: int, rng):
             batch = sample_minibatch(rng, s["sequences"], s["seq_len"], tokens)
-            fitness = kl_fitness(stack, sequences, dense, candidates, batch, batch=s["batch"])
+            fitness = scores(stack, sequences, dense, candidates, batch, batch=s["batch"])
             order = sorted(range(len(candidates)), key=lambda i: fitness[i])[:survive]  # stable: ties keep order
             return [candidates[i] for i in order], [fitness[i] for i in order]
 
@@ -226,7 +226,7 @@ class EvoPress(BlockBudgetMethod):
         best = _as_candidate(state["population"][0])
         started = time.perf_counter()
         everything = [(i, s["seq_len"]) for i in range(s["sequences"])]
-        initial_kl, final_kl = kl_fitness(stack, sequences, dense, [_as_candidate(state["initial"]["candidate"]), best],
+        initial_kl, final_kl = scores(stack, sequences, dense, [_as_candidate(state["initial"]["candidate"]), best],
                                           everything, batch=s["batch"])
         timings["final_check"] = time.perf_counter() - started
         attention, mlp = list(best[0]), list(best[1])

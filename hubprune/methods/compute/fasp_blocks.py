@@ -5,7 +5,8 @@ the kept columns and zeros in the removed ones: a removed value channel or FFN n
 exactly nothing, so the block computes what the pruned block will, and the next block is calibrated on
 the pruned model's own hidden states. Each sub-module runs twice per block: once dense for its
 statistics, once pruned (the attention's second run is only its output projection, on the inputs kept
-from the first). The refitted weights, in the pruned layout, go to `restored`.
+from the first). The refitted weights, in the pruned layout, go to `restored`. Over several processes
+each runs its share of the windows and the Gram matrices are added, so every process decides the same.
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from ...distributed import all_reduce_sum, local
 from ...plan import PrunePlan
 from ...runs import LayerTensors
 from ...sequential import DecoderStack
@@ -59,7 +61,8 @@ def prune_blocks(stack: DecoderStack, windows: torch.Tensor, widths, restored: L
     value_cols, down = family.value_cols, family.ffn_cols[0]  # block-local: "self_attn.o_proj", "mlp.down_proj"
     clock = PhaseClock(device)
     plan = PrunePlan()
-    states = [stack.embed(windows[i:i + batch]) for i in range(0, windows.shape[0], batch)]
+    mine = local(windows)
+    states = [stack.embed(mine[i:i + batch]) for i in range(0, mine.shape[0], batch)]
     for index in tqdm(range(stack.num_layers), desc="fasp", disable=not progress, leave=False):
         with stack.block(index) as layer:
             # Attention pair: o_proj's input does not depend on o_proj, so the dense pass gives H_o, and
@@ -72,6 +75,7 @@ def prune_blocks(stack: DecoderStack, windows: torch.Tensor, widths, restored: L
             with clock("calibration forward"), _gram(o_proj, size, dtype, device, o_inputs) as h_o:
                 for h in states:
                     stack.run(layer, index, h, skip_mlp=True)
+            all_reduce_sum(h_o)
             with clock("solves"):
                 scores = column_scores(w_o, h_o).view(kv_heads, heads // kv_heads, head_dim).sum(1)
                 groups = top_neurons(scores, widths.value_keep)
@@ -91,6 +95,7 @@ def prune_blocks(stack: DecoderStack, windows: torch.Tensor, widths, restored: L
             with clock("calibration forward"), _gram(layer.get_submodule(down), size, dtype, device) as h_d:
                 for m in mids:
                     stack.run(layer, index, m, skip_attention=True)
+            all_reduce_sum(h_d)
             with clock("solves"):
                 neurons = torch.tensor(top_neurons(column_scores(w_d, h_d)[None], widths.ffn_keep)[0], device=device)
                 w_d_kept = restore(w_d, h_d, neurons, damping=damping) if restore_weights else w_d[:, neurons]

@@ -10,6 +10,10 @@ far, does not depend on later candidates, so a candidate at layer l starts from 
 the embeddings; at block j the candidates started earlier pass through together (batched), and the
 candidates at j start. After a step only the inputs behind the removed layer change, so only those are
 recomputed. `greedy_naive` is the reference procedure: a full forward per candidate.
+
+Over several processes the candidates of a step are dealt round-robin (`distributed.mine`): each
+process runs the inputs `base` and its own candidates, and the NLL sums are gathered, so every process
+sees every perplexity and picks the same one.
 """
 from __future__ import annotations
 
@@ -19,6 +23,7 @@ from collections.abc import Callable
 import torch
 from tqdm.auto import tqdm
 
+from ...distributed import gather, mine
 from ...sequential import DecoderStack, mlp_parameters
 
 KINDS = ("attention", "mlp")
@@ -31,6 +36,13 @@ def _pick(perplexities: dict[Candidate, float]) -> Candidate:
         if perplexities[candidate] < best_ppl:
             best, best_ppl = candidate, perplexities[candidate]
     return best
+
+
+def _perplexities(candidates: list[Candidate], nll: dict[Candidate, float], tokens: int) -> dict[Candidate, float]:
+    """Every candidate's perplexity from the NLL sums of the candidates this process scored (`nll`),
+    gathered from every process."""
+    gathered = gather({number: nll[c] for number, c in enumerate(candidates) if c in nll}, len(candidates))
+    return {c: math.exp(value / tokens) for c, value in zip(candidates, gathered)}
 
 
 def _step_record(best: Candidate, perplexities: dict[Candidate, float]) -> dict:
@@ -60,6 +72,8 @@ def greedy_cached(stack: DecoderStack, windows: torch.Tensor, schedule: list[tup
         if until is not None and until(removed):
             break
         done = set(removed)
+        candidates = [(j, kind) for j in range(n) for kind in kinds if (j, kind) not in done]
+        ours = {c for number, c in enumerate(candidates) if mine(number)}
         active: list[tuple[Candidate, torch.Tensor]] = []
         for j in range(n):
             with stack.block(j) as layer:
@@ -75,11 +89,11 @@ def greedy_cached(stack: DecoderStack, windows: torch.Tensor, schedule: list[tup
                     base[j + 1] = outputs.pop()
                 active = [(c, out) for (c, _), out in zip(active, outputs)]
                 for kind in kinds:
-                    if (j, kind) not in done:
+                    if (j, kind) in ours:
                         state = stack.run(layer, j, base[j], mlp_params=params, **_skips(j, done, kind))
                         active.append(((j, kind), state))
-        nll = torch.stack([stack.nll(state, windows) for _, state in active]).cpu().tolist()  # one sync a step
-        ppl = {c: math.exp(value / tokens) for (c, _), value in zip(active, nll)}
+        nll = torch.stack([stack.nll(state, windows) for _, state in active]).cpu().tolist() if active else []
+        ppl = _perplexities(candidates, {c: value for (c, _), value in zip(active, nll)}, tokens)
         best = _pick(ppl)
         removed.append(best)
         stale_from = best[0]
@@ -98,15 +112,17 @@ def greedy_naive(stack: DecoderStack, windows: torch.Tensor, schedule: list[tupl
     steps: list[dict] = []
     for kinds in tqdm(schedule, desc=desc, disable=not progress, leave=False):
         done = set(removed)
-        ppl = {}
-        for candidate in ((l, k) for l in range(n) for k in kinds if (l, k) not in done):
+        candidates = [(l, k) for l in range(n) for k in kinds if (l, k) not in done]
+        nll = {}
+        for candidate in (c for number, c in enumerate(candidates) if mine(number)):
             hidden = stack.embed(windows)
             for j in range(n):
                 with stack.block(j) as layer:
                     extra = candidate[1] if candidate[0] == j else None
                     hidden = stack.run(layer, j, hidden, **_skips(j, done, extra),
                                        mlp_params=mlp_parameters(layer, stack.family, None if keep is None else keep[j]))
-            ppl[candidate] = math.exp(stack.nll(hidden, windows).item() / tokens)
+            nll[candidate] = stack.nll(hidden, windows).item()
+        ppl = _perplexities(candidates, nll, tokens)
         best = _pick(ppl)
         removed.append(best)
         steps.append(_step_record(best, ppl))

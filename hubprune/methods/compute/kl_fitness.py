@@ -6,6 +6,13 @@ memory-mapped, so only the rows a minibatch needs are read. They keep the model'
 reference. Candidates are scored together, block by block: each block is fetched once per selection
 step, and candidates that agree on every block so far share one hidden state (offspring differ from
 their parent in at most three sub-modules, so most of the stack is computed once, not per candidate).
+
+Over several processes (`scores`) a minibatch of at least one sequence per process is split by
+sequences: every process scores every candidate on its sequences and the KL sums are added. A smaller
+one (a selection step's first minibatch is often part of one sequence) is split by candidates, though
+candidates that share a prefix then compute it once per process. Every process needs the dense logits
+of any sequence, so they go to a mapped file in the run folder: process 0 computes it once and the
+others map the same file (one copy in a machine's page cache, not one per process).
 """
 from __future__ import annotations
 
@@ -15,6 +22,7 @@ from pathlib import Path
 import torch
 
 from ... import memory
+from ...distributed import all_reduce_sum, barrier, broadcast, gather, local, mine, ranks
 from ...sequential import DecoderStack, final_states, token_chunk
 
 log = logging.getLogger("hubprune")
@@ -39,8 +47,10 @@ class DenseLogits:
         dtype = stack.dtype
         size = count * seq_len * vocab
         nbytes = size * torch.empty((), dtype=dtype).element_size()
-        self.spilled = spill_dir is not None and spills(nbytes)
+        # One decision for every process; several processes share one file rather than hold a copy each.
+        self.spilled = broadcast(spill_dir is not None and (ranks().distributed or spills(nbytes)))
         marker = None
+        here = ranks()
         if nbytes > 2**30:  # said before an hour of work, not discovered after it
             log.warning("EvoPress keeps the dense logits of %d calibration tokens: %.1f GB %s; --evopress-tokens "
                         "sets how many", count * seq_len, nbytes / 1e9,
@@ -48,20 +58,26 @@ class DenseLogits:
         if self.spilled:
             path = spill_dir / "dense-logits.bin"
             marker = spill_dir / "dense-logits.complete"
-            log.warning("the dense logits (%.1f GB) do not fit in memory; keeping them in %s", nbytes / 1e9, path)
-            if not marker.is_file():
+            if not ranks().distributed:
+                log.warning("the dense logits (%.1f GB) do not fit in memory; keeping them in %s", nbytes / 1e9, path)
+            if here.main and not marker.is_file():
                 path.unlink(missing_ok=True)
-            store = torch.from_file(str(path), shared=True, size=size, dtype=dtype)
-        else:
-            store = torch.empty(size, dtype=dtype)
-        self.logits = store.view(count, seq_len, vocab)
         self.nbytes = nbytes
         self.copies = 0  # rows sent to the device (see `rows`)
+        if self.spilled and not here.main:
+            barrier()  # process 0 has written the file
+            self.logits = torch.from_file(str(path), shared=True, size=size, dtype=dtype).view(count, seq_len, vocab)
+            self.reused = True
+            return
+        store = torch.from_file(str(path), shared=True, size=size, dtype=dtype) if self.spilled else torch.empty(size, dtype=dtype)
+        self.logits = store.view(count, seq_len, vocab)
         self.reused = marker is not None and marker.is_file()
         if not self.reused:
             self._compute(stack, sequences, batch, progress)
             if marker is not None:
                 marker.touch()
+        if self.spilled:
+            barrier()
 
     @torch.no_grad()
     def _compute(self, stack: DecoderStack, sequences: torch.Tensor, batch: int, progress: bool) -> None:
@@ -77,6 +93,21 @@ class DenseLogits:
         """Sequence `index`'s dense logits at positions [start, stop), on `device`."""
         self.copies += 1
         return self.logits[index, start:stop].to(device)
+
+
+def scores(stack: DecoderStack, sequences: torch.Tensor, dense: DenseLogits, candidates: list[Candidate],
+           minibatch: Minibatch, *, batch: int = 8) -> list[float]:
+    """`kl_fitness` of every candidate, on every process; over several processes the minibatch's
+    sequences, or the candidates when there are fewer sequences than processes, are shared out."""
+    here = ranks()
+    if not here.distributed:
+        return kl_fitness(stack, sequences, dense, candidates, minibatch, batch=batch)
+    if len(minibatch) >= here.world:
+        sums = kl_sums(stack, sequences, dense, candidates, local(minibatch), batch=batch)
+        return (all_reduce_sum(sums) / sum(take for _, take in minibatch)).tolist()
+    numbers = [i for i in range(len(candidates)) if mine(i)]
+    values = kl_fitness(stack, sequences, dense, [candidates[i] for i in numbers], minibatch, batch=batch)
+    return gather(dict(zip(numbers, values)), len(candidates))
 
 
 def sample_minibatch(rng, sequences: int, seq_len: int, tokens: int) -> Minibatch:
@@ -95,11 +126,20 @@ def sample_minibatch(rng, sequences: int, seq_len: int, tokens: int) -> Minibatc
     return chosen
 
 
-@torch.no_grad()
 def kl_fitness(stack: DecoderStack, sequences: torch.Tensor, dense: DenseLogits, candidates: list[Candidate],
                minibatch: Minibatch, *, batch: int = 8) -> list[float]:
     """Mean per-token KL(p_dense ‖ q_candidate) over the minibatch's tokens, for each candidate (fp32
     log-softmax, fp64 sums). Every position of every sequence counts, as in the reference."""
+    tokens = sum(take for _, take in minibatch)
+    return (kl_sums(stack, sequences, dense, candidates, minibatch, batch=batch) / tokens).tolist()
+
+
+@torch.no_grad()
+def kl_sums(stack: DecoderStack, sequences: torch.Tensor, dense: DenseLogits, candidates: list[Candidate],
+            minibatch: Minibatch, *, batch: int = 8) -> torch.Tensor:
+    """[candidates] fp64 on the CPU: each candidate's KL summed over the minibatch's tokens."""
+    if not candidates:
+        return torch.zeros(0, dtype=torch.float64)
     # Parts of equal length run as one batch: the full sequences, and the cut last one.
     parts: dict[int, list[int]] = {}
     for index, take in minibatch:
@@ -128,7 +168,6 @@ def kl_fitness(stack: DecoderStack, sequences: torch.Tensor, dense: DenseLogits,
     # Each dense row goes to the device once per selection step and serves every candidate; the sums
     # stay on the device until the end (one synchronisation, not one per candidate).
     chunk = token_chunk(dense.logits.shape[-1])
-    tokens = sum(take for _, take in minibatch)
     totals = {prefix: torch.zeros((), dtype=torch.float64, device=stack.device) for prefix in states}
     for take, indices in parts.items():
         for row, index in enumerate(indices):
@@ -139,6 +178,6 @@ def kl_fitness(stack: DecoderStack, sequences: torch.Tensor, dense: DenseLogits,
                 for prefix, by_take in states.items():
                     log_q = torch.log_softmax(stack.logits(by_take[take][row, start:stop]), dim=-1)
                     totals[prefix] += (p * (log_p - log_q)).sum(dtype=torch.float64)
-    values = torch.stack(list(totals.values())).cpu().tolist()
-    scores = {prefix: value / tokens for prefix, value in zip(totals, values)}
-    return [scores[p] for p in prefix_of]
+    values = torch.stack(list(totals.values())).cpu()
+    position = {prefix: i for i, prefix in enumerate(totals)}
+    return values[[position[p] for p in prefix_of]]

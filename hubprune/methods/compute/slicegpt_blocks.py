@@ -20,6 +20,7 @@ from __future__ import annotations
 import torch
 from tqdm.auto import tqdm
 
+from ...distributed import all_reduce_sum, local
 from ...runs import LayerTensors
 from ...sequential import DecoderStack
 from ...surgery import OUTSIDE_BLOCKS
@@ -37,21 +38,26 @@ def random_orthogonal(size: int, generator: torch.Generator, device: torch.devic
 
 
 @torch.no_grad()
-def principal_basis(states: list[torch.Tensor], width: int, *, orientation: str, generator: torch.Generator
-                    ) -> tuple[torch.Tensor, float]:
-    """[d, width] fp64 on the states' device: the `width` leading eigenvectors of H = Σ xᵀx over every
-    token (fp64, 1 % damping), times a random orthogonal matrix when `orientation` is 'random'; and the
-    fraction of H's trace they keep."""
-    size = states[0].shape[-1]
-    gram = torch.zeros(size, size, dtype=torch.float64, device=states[0].device)
+def principal_basis(states: list[torch.Tensor], size: int, width: int, *, orientation: str,
+                    generator: torch.Generator, device: torch.device) -> tuple[torch.Tensor, float]:
+    """[d, width] fp64 on `device`: the `width` leading eigenvectors of H = Σ xᵀx over every token of the
+    `size`-wide states (fp64, 1 % damping; over several processes the sum covers every process's
+    states), times a random orthogonal matrix when `orientation` is 'random'; and the fraction of H's
+    trace they keep."""
+    gram = torch.zeros(size, size, dtype=torch.float64, device=device)
     for state in states:
         for rows in state.reshape(-1, size).split(ROWS_PER_STEP):
             rows = rows.double()
             gram.addmm_(rows.T, rows)
+    all_reduce_sum(gram)
     gram.diagonal().add_(DAMPING * gram.diagonal().mean())
     values, vectors = torch.linalg.eigh(gram)
     order = torch.argsort(values, descending=True)[:width]
     basis = vectors[:, order]
+    # An eigenvector's sign is arbitrary, and a rounding-level change of H (another device, another
+    # split of the windows over processes) can flip it: fix it, so that equal inputs give equal weights.
+    peak = basis.abs().argmax(dim=0, keepdim=True)
+    basis = basis * torch.sign(basis.gather(0, peak))
     kept = (values[order].sum() / values.sum()).item()
     if orientation == "random":
         basis = basis @ random_orthogonal(width, generator, basis.device)
@@ -119,10 +125,12 @@ def rotate_and_slice(stack: DecoderStack, windows: torch.Tensor, width: int, res
 
     def basis(signals: list[torch.Tensor], size: int) -> tuple[torch.Tensor, float]:
         with clock("pca"):
-            return principal_basis(signals, size, orientation=orientation, generator=generator)
+            return principal_basis(signals, stack.config.hidden_size, size, orientation=orientation,
+                                   generator=generator, device=stack.device)
 
+    mine = local(windows)  # over several processes, each runs its share and the covariances are added
     with clock("calibration forward"):
-        states = [stack.embed(windows[i:i + batch]) for i in range(0, windows.shape[0], batch)]
+        states = [stack.embed(mine[i:i + batch]) for i in range(0, mine.shape[0], batch)]
     p_embedding, kept = basis(states, width)
     kept_variance = {"embeddings": kept, "layers": []}
     states = project(states, p_embedding)

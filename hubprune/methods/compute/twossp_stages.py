@@ -6,6 +6,7 @@ import time
 import torch
 from tqdm.auto import tqdm
 
+from ...distributed import all_reduce_sum, local
 from ...sequential import DecoderStack
 from .greedy import greedy_cached, greedy_naive
 
@@ -14,10 +15,11 @@ from .greedy import greedy_cached, greedy_naive
 @torch.no_grad()
 def neuron_scores(stack: DecoderStack, windows: torch.Tensor, *, progress: bool = True) -> torch.Tensor:
     """[N, d_ff] fp32: per block, the mean over windows of each neuron's L2 norm over the tokens at the
-    input of the FFN's output projection. Dense forward, one window at a time, statistics on the device."""
+    input of the FFN's output projection. Dense forward, one window at a time, statistics on the device.
+    Over several processes each takes its share of the windows and the sums are added."""
     consumer = stack.family.ffn_cols[0]
-    scores = []
-    states = [stack.embed(w.unsqueeze(0)) for w in windows]
+    totals = []
+    states = [stack.embed(w.unsqueeze(0)) for w in local(windows)]
     for index in tqdm(range(stack.num_layers), desc="2ssp stage 1", disable=not progress, leave=False):
         with stack.block(index) as layer:
             total = torch.zeros(stack.family.ffn_width(stack.config), dtype=torch.float32, device=stack.device)
@@ -30,8 +32,8 @@ def neuron_scores(stack: DecoderStack, windows: torch.Tensor, *, progress: bool 
                 states = [stack.run(layer, index, s) for s in states]
             finally:
                 handle.remove()
-        scores.append(total / len(windows))
-    return torch.stack(scores)
+        totals.append(total)
+    return all_reduce_sum(torch.stack(totals)) / len(windows)
 
 
 def top_neurons(scores: torch.Tensor, keep: int) -> list[list[int]]:
