@@ -4,7 +4,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
 import textwrap
 
@@ -485,15 +484,12 @@ def _resource_message(exc: BaseException) -> str | None:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     # Each line under its own logger's name: hubprune's as "hubprune: ...", other libraries' as theirs.
-    # Over several processes (torchrun) process 0 speaks for all: the others report errors only.
-    quiet = not ranks().main
-    if quiet:
-        os.environ["TQDM_DISABLE"] = "1"
-    logging.basicConfig(format="%(name)s: %(message)s", level=logging.ERROR if quiet else logging.WARNING)
+    logging.basicConfig(format="%(name)s: %(message)s", level=logging.WARNING)
     try:
         _run(args)
     except HubPruneError as exc:
-        print(f"hubprune: error: {exc}", file=sys.stderr)
+        if not getattr(exc, "reported_by_process_0", False):
+            print(f"hubprune: error: {exc}", file=sys.stderr)
         return 2
     except Exception as exc:  # noqa: BLE001 - resource exhaustion is the user's to fix; anything else is a bug
         message = _resource_message(exc)

@@ -62,6 +62,11 @@ def ranks() -> Ranks:
     return Ranks(int(os.environ.get("RANK", "0")), world, int(os.environ.get("LOCAL_RANK", "0")))
 
 
+def local_processes() -> int:
+    """Processes on this machine (torchrun's LOCAL_WORLD_SIZE; 1 without a launcher)."""
+    return max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+
+
 def check_parallel(what: str, detail: str) -> None:
     """Refuse, in one line, work that runs in one process only when a launcher started several."""
     if ranks().distributed:
@@ -94,7 +99,25 @@ def start(device: torch.device) -> Ranks:
             kwargs["device_id"] = device
         dist.init_process_group(backend=backend, timeout=timeout, **kwargs)
         atexit.register(dist.destroy_process_group)
+        if not r.main:
+            _quiet()
     return r
+
+
+def _quiet() -> None:
+    """Process 0 speaks for all: the others log only errors and draw no progress bar, whatever a caller
+    (hubprune's, or a library's) asks of tqdm."""
+    import logging
+
+    from tqdm import std
+
+    logging.getLogger("hubprune").setLevel(logging.ERROR)
+    draw = std.tqdm.__init__
+
+    def silent(self, *args, **kwargs):
+        draw(self, *args, **{**kwargs, "disable": True})
+
+    std.tqdm.__init__ = silent
 
 
 def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
@@ -188,6 +211,7 @@ def on_main(work: Callable[[], T]) -> T:
             raise
     ok, value = broadcast(outcome)
     if not ok:
+        value.reported_by_process_0 = True  # the CLI prints it once, from process 0
         raise value
     return value
 

@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 from transformers.masking_utils import create_causal_mask, create_sliding_window_causal_mask
 
 from . import memory
-from .distributed import all_reduce_sum, ranks
+from .distributed import all_reduce_sum, local_processes, ranks
 from .errors import InvalidOptionError
 from .evaluation.perplexity import PerplexityResult, window_nll
 
@@ -121,12 +121,14 @@ class BlockStore:
 
 
 def host_cache_fits(shards: ShardReader, prefix: str, device: torch.device, dtype: torch.dtype) -> bool:
-    """Keep the blocks in host RAM when streaming to a GPU and they take at most half the free RAM. On
-    the CPU the point of streaming is to keep host memory small, so they are never kept."""
+    """Keep the blocks in host RAM when streaming to a GPU and they take at most half the free RAM (shared
+    among the processes of the machine). On the CPU the point of streaming is to keep host memory small,
+    so they are never kept."""
     if device.type == "cpu":
         return False
     ram = memory.available_ram()
-    return ram is not None and shards.numel(shards.names(prefix)) * dtype.itemsize < ram // 2
+    # Every process of this machine (torchrun) keeps its own cache: they share the half.
+    return ram is not None and shards.numel(shards.names(prefix)) * dtype.itemsize < ram // 2 // local_processes()
 
 
 @dataclass
