@@ -1,8 +1,9 @@
-"""Wall time of pruning jobs run by one process and by N processes (torchrun), measured in one run.
+r"""Wall time of pruning jobs run by one process and by N processes (torchrun), measured in one run.
 
     python bench/distributed.py                     # this machine: 1 vs 2 processes on the CPU (gloo)
     python bench/distributed.py --nproc 8 --device cuda --model meta-llama/Llama-2-7b-hf --dtype bfloat16 \
-        --seq-len 2048 --calib-samples 128 --output bench/results/distributed-llama-2-7b-8xh100.json
+        --seq-len 2048 --methods 2ssp,fasp,blockpruner --extra="--calib-samples 128" \
+        --output bench/results/distributed-llama-2-7b-8xh100.json
 
 Each repeat runs every configuration of every method once, in turn, so a drift in the machine's load
 hits them alike. Two times are read per run: the selection's (`timing_seconds.select` in hubprune.json:
@@ -27,11 +28,11 @@ import tempfile
 import time
 from pathlib import Path
 
-# Small settings for the embedded model on a CPU; --seq-len and --calib-samples scale them up.
+# Small settings for the embedded model on a CPU (with --seq-len 128): a few minutes a run at most.
 METHODS = {
-    "2ssp": ["--sparsity", "0.25", "--stage2-samples", "2"],
-    "fasp": ["--sparsity", "0.25"],
-    "blockpruner": ["--sparsity", "0.05"],
+    "2ssp": ["--sparsity", "0.25", "--calib-samples", "16", "--stage2-samples", "2"],
+    "fasp": ["--sparsity", "0.25", "--calib-samples", "16"],
+    "blockpruner": ["--sparsity", "0.03", "--calib-samples", "2"],
     "evopress": ["--sparsity", "0.1", "--evopress-generations", "2", "--evopress-tokens", "2048",
                  "--evopress-seq-len", "256", "--evopress-offspring", "8", "--evopress-initial", "8",
                  "--evopress-selection-tokens", "256,2048"],
@@ -54,8 +55,7 @@ def configurations(args) -> dict[str, tuple[list[str], dict]]:
 
 def run(prefix: list[str], env: dict, method: str, args, folder: Path) -> dict:
     output = folder / "out"
-    calib = ["--calib-samples", str(args.calib_samples)] if method != "evopress" else []
-    command = [*prefix, "prune", args.model, "--method", method, *METHODS[method], *calib, "--seq-len",
+    command = [*prefix, "prune", args.model, "--method", method, *METHODS[method], *args.extra.split(), "--seq-len",
                str(args.seq_len), "--device", args.device, "--dtype", args.dtype, "-o", str(output)]
     started = time.perf_counter()
     done = subprocess.run(command, capture_output=True, text=True, env={**os.environ, **env})
@@ -81,7 +81,7 @@ def main() -> None:
     parser.add_argument("--nproc", type=int, default=2)
     parser.add_argument("--methods", default=",".join(METHODS))
     parser.add_argument("--seq-len", type=int, default=128)
-    parser.add_argument("--calib-samples", type=int, default=16)
+    parser.add_argument("--extra", default="", help="more `hubprune prune` flags for every run, e.g. --extra='--offload'")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--output", default="bench/results/distributed-smollm2-135m-cpu.json")
     args = parser.parse_args()

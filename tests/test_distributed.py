@@ -87,7 +87,7 @@ def test_two_processes_prune_with_2ssp_as_one_does_even_when_one_of_them_dies(tw
     stay. The same command then resumes, and gives what one process gives: stage 1's neuron norms summed
     over both processes' windows, stage 2's candidates shared out. One report; nothing left but the output."""
     output, run = tmp_path / "two", tmp_path / ".two.hubprune-run"
-    command = [*TORCHRUN, "-m", "hubprune.cli", "prune", "default", "--method", "2ssp", "--sparsity", "0.25",
+    command = [*TORCHRUN, "-m", "hubprune", "prune", "default", "--method", "2ssp", "--sparsity", "0.25",
                "--calib-samples", "4", "--seq-len", str(TWOSSP_SEQ_LEN), "--ppl", "default", "--max-windows", "8",
                "--device", "cpu", "--dtype", "float32", "-o", str(output)]
     launched = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
@@ -159,7 +159,7 @@ def test_two_processes_choose_the_plan_one_does(two_process_runs, method):
 def test_a_refusal_on_process_0_stops_every_process_at_once_in_one_line(tmp_path):
     (tmp_path / "out").mkdir()  # an output that exists: process 0 refuses it, before loading anything
     started = time.monotonic()
-    done = subprocess.run([*TORCHRUN, "-m", "hubprune.cli", "prune", "default", "--method", "shortgpt", "--sparsity",
+    done = subprocess.run([*TORCHRUN, "-m", "hubprune", "prune", "default", "--method", "shortgpt", "--sparsity",
                            "0.1", "--device", "cpu", "-o", str(tmp_path / "out")],
                           capture_output=True, text=True, env=ENV, timeout=300)
     assert done.returncode != 0 and time.monotonic() - started < 60  # not a collective's timeout
