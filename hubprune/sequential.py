@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 from transformers.masking_utils import create_causal_mask, create_sliding_window_causal_mask
 
 from . import memory
-from .distributed import all_reduce_sum, local_processes, ranks
+from .distributed import all_reduce_sum, local, local_processes
 from .errors import InvalidOptionError
 from .evaluation.perplexity import PerplexityResult, window_nll
 
@@ -306,14 +306,13 @@ def stack_perplexity(stack: DecoderStack, windows: torch.Tensor, *, mode: str = 
                      progress: bool = True):
     """Perplexity computed block by block (same protocol as `evaluation.perplexity`); every window's
     hidden state is held on the device while the blocks pass."""
-    here = ranks()  # over several processes, each takes its share of the windows; the fp64 sums are added
-    local = windows[here.share(len(windows))]
-    states = [stack.embed(w.unsqueeze(0)) for w in local]
-    for index in tqdm(range(stack.num_layers), desc=desc, disable=not progress or not here.main, leave=False):
+    mine = local(windows)  # over several processes, each takes its share of the windows; the fp64 sums are added
+    states = [stack.embed(w.unsqueeze(0)) for w in mine]
+    for index in tqdm(range(stack.num_layers), desc=desc, disable=not progress, leave=False):
         with stack.block(index) as layer:
             states = [stack.run(layer, index, s) for s in states]
     nll_sum = torch.zeros((), dtype=torch.float64, device=stack.device)
-    for s, w in zip(states, local):
+    for s, w in zip(states, mine):
         nll_sum += stack.nll(s, w.unsqueeze(0), mode)
     all_reduce_sum(nll_sum)
     tokens = windows.shape[0] * (windows.shape[1] - 1)

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from ..distributed import all_reduce_sum, ranks
+from ..distributed import all_reduce_sum, local
 from .settings import PPL_MODES
 
 
@@ -48,9 +48,7 @@ def perplexity(model, windows: torch.Tensor, *, mode: str = "accurate", desc: st
     """Over several processes (torchrun), each takes its share of the windows and the fp64 sums are added."""
     device = next(model.parameters()).device
     nll_sum = torch.zeros((), dtype=torch.float64, device=device)
-    here = ranks()
-    for window in tqdm(windows[here.share(len(windows))], desc=desc, disable=not progress or not here.main,
-                       leave=False):
+    for window in tqdm(local(windows), desc=desc, disable=not progress, leave=False):
         ids = window.unsqueeze(0).to(device)
         logits = model(input_ids=ids, use_cache=False).logits[0, :-1]
         nll_sum += window_nll(logits, ids[0, 1:], mode)
